@@ -1,0 +1,31 @@
+"""
+data/: where every token the project trains or evaluates on comes from.
+
+    tokenizer.py   get_tokenizer(4096): a prefix of cl100k's merges + end-of-text, offline
+    synthetic.py   the embedded GSM-style generator, rendered in the tinygsm / omi1 / omi2 formats
+    sources.py     real pretraining sources (hub id or a local jsonl / parquet file) -> documents
+    benchmarks.py  load_benchmark("gsm8k" | "math500" | "aime" | "synthetic" | ...) -> [{id, question, gold}]
+    mixture.py     "tinygsm:1,omi1:4,..." -> packed token shards on disk (cached) -> open_mixture()
+    prepare.py     python -m data.prepare --mix ... : build a mixture and print its table
+
+A document is question + "\\n\\n" + solution + end-of-text, no chat template, no BOS (as in the paper).
+A prompt is the raw question + "\\n\\n": the model continues with the solution exactly as in pretraining.
+"""
+
+SEP = "\n\n"
+
+
+def prompt_text(question):
+    """The text a model is prompted with (evaluate.py and rl.py both use this, so they agree)."""
+    return question + SEP
+
+
+def document_text(question, solution):
+    """One pretraining document, without the end-of-text token (added as an id when tokenizing)."""
+    return question + SEP + solution
+
+
+# the public API, imported after prompt_text so submodules can use it
+from data.tokenizer import get_tokenizer  # noqa: E402
+from data.benchmarks import load_benchmark, BENCHMARKS  # noqa: E402
+from data.mixture import DEFAULT_MIX, prepare_mixture, open_mixture  # noqa: E402

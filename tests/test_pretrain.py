@@ -1,0 +1,103 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from model import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--mix", "syn-tinygsm:1,syn-omi2:1,syn-finemath:0.5", "--unit", "300", "--n-layer", "1", "--n-embd", "32",
+        "--n-head", "2", "--block-size", "64", "--batch-size", "4", "--total-batch-size", "8", "--warmup-iters", "2",
+        "--lr", "3e-3", "--samples", "0", "--no-tqdm", "--threads", "1", "--seed", "5"]
+
+
+def run(args, cwd=ROOT, env=None, check=True, cmd=None):
+    p = subprocess.run((cmd or [sys.executable, "pretrain.py"]) + args, cwd=cwd, capture_output=True, text=True,
+                       env=env, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr[-3000:])
+    return p
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data_cache"))
+
+
+def records(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_loss_falls_and_checkpoint_is_complete(tmp_path, data_dir):
+    out = str(tmp_path / "run")
+    run(TINY + ["--data-dir", data_dir, "--out-dir", out, "--max-iters", "30", "--eval-interval", "15",
+                "--ckpt-interval", "15"])
+    recs = records(out)
+    evals = [r for r in recs if r["type"] == "eval"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 30
+    assert set(evals[0]["val_loss"]) == {"syn-tinygsm", "syn-omi2", "syn-finemath"}  # per source
+    assert evals[-1]["val_loss_mean"] < evals[0]["val_loss_mean"] - 1.0
+    ck = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert ck["step"] == 30 and ck["kind"] == "pretrain"
+    assert ck["tokenizer"]["vocab_size"] == 4096 and ck["config"]["n_layer"] == 1
+    assert "optimizer" in ck and ck["args"]["mix"].startswith("syn-tinygsm")
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["max_iters"] == 30
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, data_dir):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    common = TINY + ["--data-dir", data_dir, "--max-iters", "12", "--eval-interval", "5", "--ckpt-interval", "5"]
+    run(common + ["--out-dir", a])
+    run(common + ["--out-dir", b, "--stop-after", "7"])
+    assert load_checkpoint(os.path.join(b, "ckpt.pt"))["step"] == 7
+    run(["--out-dir", b, "--resume", "--no-tqdm"])
+    sa, sb = load_checkpoint(os.path.join(a, "ckpt.pt")), load_checkpoint(os.path.join(b, "ckpt.pt"))
+    assert sb["step"] == 12
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k  # bitwise
+    # the log of the resumed run has each train step once
+    steps = [r["step"] for r in records(b) if r["type"] == "train"]
+    assert steps == sorted(set(steps))
+
+
+def test_torchrun_two_processes_match_one(tmp_path, data_dir):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    common = TINY + ["--data-dir", data_dir, "--max-iters", "4", "--eval-interval", "0", "--ckpt-interval", "4",
+                     "--batch-size", "2"]
+    run(common + ["--out-dir", one])
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run(common + ["--out-dir", two], env=env,
+        cmd=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "pretrain.py"])
+    s1, s2 = load_checkpoint(os.path.join(one, "ckpt.pt")), load_checkpoint(os.path.join(two, "ckpt.pt"))
+    assert s2["args"]["total_batch_size"] == 8
+    for k in s1["model"]:
+        assert torch.allclose(s1["model"][k], s2["model"][k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--mix", "nosuch:1"], "nosuch"),
+    (["--mix", "syn-omi1:-2"], "weight"),
+    (["--batch-size", "3", "--total-batch-size", "8"], "multiple"),
+    (["--n-embd", "30", "--n-head", "4"], "n-head"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--batch-size", "0"], ""),
+])
+def test_bad_flags_give_one_line_errors(tmp_path, data_dir, flags, needle):
+    p = run(TINY + ["--data-dir", data_dir, "--out-dir", str(tmp_path / "x"), "--max-iters", "1"] + flags,
+            check=False)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), p.stderr[-2000:]
+    assert needle in lines[0]
+
+
+def test_unknown_flag_and_resume_without_checkpoint(tmp_path):
+    p = run(["--no-such-flag"], check=False)
+    assert p.returncode == 2 and "unrecognized arguments" in p.stderr
+    p = run(["--out-dir", str(tmp_path / "empty"), "--resume"], check=False)
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and "no checkpoint" in p.stderr
