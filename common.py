@@ -39,6 +39,7 @@ def atomic_write_bytes(path, data: bytes):
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; results should be readable like any other file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -361,6 +361,7 @@ def save_checkpoint(path, ckpt):
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pt")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
             f.flush()

@@ -1,0 +1,165 @@
+"""
+The main job: the echo chamber at toy scale, on a CPU, in minutes.
+
+    python echo_chamber.py                       # seed 1337: pretrain -> evaluate -> RL (GRPO) -> evaluate
+    python echo_chamber.py --seed 2              # another seed (its own pretraining and RL)
+    python echo_chamber.py --algo ppo            # reuses this seed's pretraining, runs PPO instead
+    python echo_chamber.py --kl 0.05             # reuses the pretraining, GRPO with a KL penalty
+
+What it runs, each stage a script you can also run alone (the commands are printed as they start):
+  1. pretrain.py   the toy GPT on the embedded synthetic three-format mixture     -> <out>/pretrain/ckpt.pt
+                   (skipped when that checkpoint is already complete; resumed when it is partial)
+  2. rl.py         RL on the synthetic RL prompts; greedy evals on the held-out test set at step 0 and every few
+                   steps, a PNG of the format shares over steps                     -> <out>/<rl>/formats.png
+  3. evaluate.py   before (pretrained) and after (RL) on the held-out test set and on the harder held-out set
+                   (more steps than RL ever saw: the transfer finding)              -> <out>/<rl>/eval-*/
+  4. a table of each format's share and accuracy, before and after, and the checks the echo chamber predicts,
+     printed and written to <out>/<rl>/result.json.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from common import UserError, main_guard, atomic_write_json
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FORMATS = ["tinygsm", "omi1", "omi2", "other"]
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description="The echo chamber at toy scale: pretrain, RL, evaluate before and "
+                                            "after, print and plot.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--seed", type=int, default=1337, help="seed of pretraining (data, init) and RL")
+    p.add_argument("--out-dir", default=None, help="default out/echo-seed<seed>")
+    p.add_argument("--algo", default="grpo", choices=["grpo", "ppo", "ei"], help="RL algorithm")
+    p.add_argument("--kl", type=float, default=None, help="KL coefficient (default: rl.py's toy default)")
+    p.add_argument("--rl-steps", type=int, default=None, help="RL steps (EI: rounds; default: rl.py's toy default)")
+    p.add_argument("--pretrain-iters", type=int, default=None, help="pretraining steps (default: the toy preset's)")
+    p.add_argument("--eval-limit", type=int, default=None, help="problems in the before/after evaluations "
+                                                                "(default: all 500 of each set)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for every stage (1 is the "
+                                                          "safest on a 2-core machine that is doing anything else)")
+    p.add_argument("--pretrain-args", default="", help="extra flags for pretrain.py, as one string")
+    p.add_argument("--rl-args", default="", help="extra flags for rl.py, as one string")
+    p.add_argument("--no-tqdm", action="store_true", help="no progress bars in the stages")
+    return p.parse_args(argv)
+
+
+def run(cmd):
+    """Run one stage, its output streaming through; a failed stage stops the job with its exit code."""
+    print("\n$ " + " ".join(cmd[1:]), flush=True)
+    t0 = time.time()
+    rc = subprocess.call(cmd, cwd=HERE)
+    if rc != 0:
+        raise UserError(f"stage failed (exit {rc}): {' '.join(cmd[1:])}")
+    return time.time() - t0
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def table(title, before, after):
+    lines = [title, f"{'format':<10}{'share before':>14}{'acc before':>12}{'share after':>13}{'acc after':>11}"]
+    for f in FORMATS:
+        sb, ab = before["format_shares"].get(f, 0.0), before["format_accuracy"].get(f)
+        sa, aa = after["format_shares"].get(f, 0.0), after["format_accuracy"].get(f)
+        pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
+        lines.append(f"{f:<10}{pct(sb):>14}{pct(ab):>12}{pct(sa):>13}{pct(aa):>11}")
+    lines.append(f"{'pass@1':<10}{'':>14}{100 * before['pass@1']:>11.1f}%{'':>13}{100 * after['pass@1']:>10.1f}%")
+    return "\n".join(lines)
+
+
+@main_guard
+def main(argv=None):
+    args = get_args(argv)
+    py = sys.executable
+    out = args.out_dir or os.path.join("out", f"echo-seed{args.seed}")
+    pre_dir = os.path.join(out, "pretrain")
+    tag = args.algo + ("" if args.kl is None else f"-kl{args.kl:g}") + ("" if args.rl_steps is None else f"-s{args.rl_steps}")
+    rl_dir = os.path.join(out, f"rl-{tag}")
+    common = ["--threads", str(args.threads)] + (["--no-tqdm"] if args.no_tqdm else [])
+    times = {}
+    t_start = time.time()
+
+    # 1. pretraining (reused when complete, resumed when partial)
+    ckpt = os.path.join(pre_dir, "ckpt.pt")
+    done = False
+    if os.path.exists(ckpt):
+        from model import load_checkpoint
+        ck = load_checkpoint(ckpt)
+        done = ck["step"] >= ck["args"]["max_iters"]
+        print(f"{ckpt}: step {ck['step']} of {ck['args']['max_iters']}" + (" (complete, reused)" if done else ""))
+    if not done:
+        cmd = [py, "pretrain.py", "--out-dir", pre_dir, "--seed", str(args.seed)] + common
+        if os.path.exists(ckpt):
+            cmd.append("--resume")
+        elif args.pretrain_iters:
+            cmd += ["--max-iters", str(args.pretrain_iters)]
+        times["pretrain"] = run(cmd + args.pretrain_args.split())
+
+    # 2. RL, with its own step-0 and periodic held-out evaluations
+    cmd = [py, "rl.py", "--algo", args.algo, "--ckpt", ckpt, "--out-dir", rl_dir, "--seed", str(args.seed)] + common
+    if args.kl is not None:
+        cmd += ["--kl", str(args.kl)]
+    if args.rl_steps is not None:
+        cmd += ["--max-steps", str(args.rl_steps)]
+    times["rl"] = run(cmd + args.rl_args.split())
+
+    # 3. before / after on the held-out test set and on the harder set
+    summaries = {}
+    limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
+    for bench in ("synthetic", "synthetic-hard"):
+        for when, path in (("before", ckpt), ("after", os.path.join(rl_dir, "ckpt.pt"))):
+            d = os.path.join(rl_dir, f"eval-{bench}-{when}")
+            t = run([py, "evaluate.py", "--ckpt", path, "--benchmark", bench, "--out", d, "--seed", str(args.seed)]
+                    + limit + common)
+            times[f"eval-{bench}-{when}"] = t
+            summaries[(bench, when)] = load_json(os.path.join(d, "summary.json"))
+
+    # 4. the result, and the checks the echo chamber predicts (reported, never tuned)
+    b, a = summaries[("synthetic", "before")], summaries[("synthetic", "after")]
+    hb, ha = summaries[("synthetic-hard", "before")], summaries[("synthetic-hard", "after")]
+    real = [f for f in FORMATS if f != "other"]
+    top_before = max(real, key=lambda f: b["format_shares"].get(f, 0))
+    top_after = max(real, key=lambda f: a["format_shares"].get(f, 0))
+    acc_before = {f: b["format_accuracy"].get(f) for f in real}
+    most_accurate = max(real, key=lambda f: acc_before[f] if acc_before[f] is not None else -1)
+    checks = {
+        "before: no format above 60% of greedy outputs": b["format_shares"][top_before] <= 0.60,
+        "after: one format at 90% or more": a["format_shares"][top_after] >= 0.90,
+        "pass@1 higher after RL": a["pass@1"] > b["pass@1"],
+        "hard set pass@1 higher after RL (transfer)": ha["pass@1"] > hb["pass@1"],
+    }
+    result = {
+        "seed": args.seed, "algo": args.algo, "kl": args.kl, "out": rl_dir,
+        "test_before": {k: b[k] for k in ("pass@1", "format_shares", "format_accuracy")},
+        "test_after": {k: a[k] for k in ("pass@1", "format_shares", "format_accuracy")},
+        "hard_before": {k: hb[k] for k in ("pass@1", "format_shares", "format_accuracy")},
+        "hard_after": {k: ha[k] for k in ("pass@1", "format_shares", "format_accuracy")},
+        "winner": top_after, "most_frequent_before": top_before, "most_accurate_before": most_accurate,
+        "checks": checks, "seconds": {k: round(v, 1) for k, v in times.items()},
+        "total_seconds": round(time.time() - t_start, 1),
+    }
+    atomic_write_json(os.path.join(rl_dir, "result.json"), result)
+    print()
+    print(table(f"held-out synthetic test set ({b['num_problems']} problems, greedy)", b, a))
+    print()
+    print(table(f"harder held-out set ({hb['num_problems']} problems, 5-6 steps, greedy)", hb, ha))
+    print()
+    print(f"winner after RL: {top_after} ({100 * a['format_shares'][top_after]:.1f}%); before RL the most frequent "
+          f"was {top_before} ({100 * b['format_shares'][top_before]:.1f}%) and the most accurate {most_accurate}")
+    for k, v in checks.items():
+        print(f"[{'yes' if v else 'NO '}] {k}")
+    print(f"\nformat shares over RL steps: {os.path.join(rl_dir, 'formats.png')}")
+    print(f"result: {os.path.join(rl_dir, 'result.json')}  (total {result['total_seconds'] / 60:.1f} min: "
+          + ", ".join(f"{k} {v / 60:.1f}" for k, v in times.items()) + ")")
+
+
+if __name__ == "__main__":
+    main()
