@@ -208,6 +208,8 @@ class GPT(nn.Module):
         if max(lens) >= cfg.block_size:
             raise ValueError(f"a prompt of {max(lens)} tokens leaves no room in a context of {cfg.block_size}")
         P, n = max(lens), num_samples
+        # no row can go past the context: the shortest prompt bounds how many new tokens anyone can get
+        max_new_tokens = min(max_new_tokens, cfg.block_size - min(lens))
         gen = None
         if seed is not None:
             gen = torch.Generator(device=device)
@@ -275,6 +277,8 @@ class GPT(nn.Module):
                 rows, pad, tok, pos, done = rows[keep], pad[keep], tok[keep], pos[keep], done[keep]
                 if key_ok_all is not None:
                     key_ok_all = key_ok_all[keep]
+            # rows that just hit the context end are finished but may still be in the batch: clamp their position
+            pos = pos.clamp(max=cfg.block_size - 1)
             cos, sin = self.rope_cos[pos][:, None, None], self.rope_sin[pos][:, None, None]  # (B,1,1,hd)
             mask = None if key_ok_all is None else key_ok_all[:, None, None, :P + t + 1]
             h = self.hidden_states(tok[:, None], cos, sin, caches, P + t, mask)

@@ -100,6 +100,9 @@ def test_generation_stops_at_context_end():
     out = m.generate([[1] * 60, [2] * 3], 20, temperature=0)
     assert len(out[0]) == 4  # 60 + 4 = block_size 64
     assert len(out[1]) == 20
+    # more new tokens than the context holds: every row stops at the context end, none crashes
+    out = m.generate([[1] * 60, [2] * 3, [3] * 10], 200, temperature=1.0, num_samples=3, seed=0)
+    assert [len(o) for o in out] == [4] * 3 + [61] * 3 + [54] * 3
 
 
 def test_cached_logits_equal_full_forward():
