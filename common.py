@@ -3,6 +3,7 @@ Small helpers every script shares: one-line user errors, JSONL logs, atomic writ
 
 Kept tiny on purpose: each script should still read top to bottom without chasing helpers.
 """
+import contextlib
 import functools
 import json
 import os
@@ -33,7 +34,8 @@ def main_guard(fn):
     return wrapper
 
 
-def atomic_write_bytes(path, data: bytes):
+@contextlib.contextmanager
+def atomic_open(path):
     """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -41,7 +43,7 @@ def atomic_write_bytes(path, data: bytes):
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; results should be readable like any other file
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,6 +51,11 @@ def atomic_write_bytes(path, data: bytes):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes):
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def atomic_write_json(path, obj):

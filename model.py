@@ -10,13 +10,13 @@ of ops, not FLOPs, sets the speed.
 """
 import math
 import os
-import sys
-import tempfile
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from common import atomic_open
 
 CKPT_VERSION = 1  # bump when the checkpoint dict changes shape; newer files are refused with a clear line
 
@@ -361,20 +361,8 @@ class CheckpointError(Exception):
 def save_checkpoint(path, ckpt):
     """Atomic: write a temp file beside the target, fsync, rename. A crash never leaves half a checkpoint."""
     ckpt = dict(ckpt, version=CKPT_VERSION)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pt")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        torch.save(ckpt, f)
 
 
 def clean_state_dict(sd):
