@@ -106,9 +106,15 @@ def pick_device(name):
 
 
 def check_out_dir(path):
-    """Fail before any work if the out dir cannot be written (not after an hour of training)."""
+    """Fail before any work if the out dir cannot be written (not after an hour of training).
+
+    Also removes temp files a killed run left mid-write (atomic_open's .tmp-*): the run that owns this
+    dir is the only writer, and the file they were meant to replace is intact."""
     try:
         os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.startswith(".tmp-"):
+                os.unlink(os.path.join(path, name))
         probe = os.path.join(path, ".write-probe")
         with open(probe, "wb") as f:
             f.write(b"x" * 4096)

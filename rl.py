@@ -578,6 +578,9 @@ class Run:
             self.init_ck = load_checkpoint(args.ckpt)
             self.tok = get_tokenizer(self.init_ck.get("tokenizer", self.init_ck["config"].get("vocab_size")))
             self.model = model_from_checkpoint(self.init_ck, device)
+            if self.model.config.vocab_size != self.tok.vocab_size:  # ids past the embedding, or unknown to the tokenizer
+                raise CheckpointError(f"{args.ckpt}: model vocab {self.model.config.vocab_size} != tokenizer vocab "
+                                      f"{self.tok.vocab_size}")
         except CheckpointError as e:
             hint = " (run python pretrain.py first, or pass --ckpt)" if not os.path.exists(args.ckpt) else ""
             raise UserError(f"{e}{hint}")

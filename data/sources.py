@@ -12,6 +12,7 @@ solutions) are counted as counts["filtered"].
 import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass
 
 from common import UserError
@@ -66,15 +67,20 @@ def _local_rows(path, columns):
                 yield from batch.to_pylist()
             continue
         opener = gzip.open if f.endswith(".gz") else open
-        with opener(f, "rb") as fh:
-            for raw in fh:
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    row = None
-                yield row if isinstance(row, dict) else None
+        line = 0
+        try:
+            with opener(f, "rb") as fh:
+                for line, raw in enumerate(fh, 1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        row = json.loads(raw)
+                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        row = None
+                    yield row if isinstance(row, dict) else None
+        except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz (a cut-short download)
+            raise UserError(f"{f}:{line + 1}: cannot read past this line ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120] if str(e) else 'corrupt'}); re-download the file")
 
 
 def hub_unreachable():
