@@ -267,3 +267,27 @@ def test_check_out_dir_removes_temp_files_of_a_killed_write(tmp_path):
     (tmp_path / "ckpt.pt").write_bytes(b"the real one")
     check_out_dir(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_a_rollout_batch_of_hostile_outputs_is_graded_in_bounded_time():
+    # RL under hostile model outputs: every rollout a fork bomb, an infinite loop, a memory bomb or a megabyte
+    # of text. Grading must finish within (rounds of timeouts) x (timeout + grace), and give reward 0.
+    import time
+    from classify import analyze_batch
+    from sandbox import Sandbox
+    bodies = ["import os\n    while True:\n        os.fork()",
+              "while True:\n        pass",
+              "x = bytearray(1 << 34)\n    return len(x)",
+              "x = [0] * (10 ** 10)\n    return 1"]
+    texts = [f"def simple_math_problem() -> int:\n    {b}\n    return 18\n" for b in bodies] * 2
+    texts.append("\\boxed{" + "9" * (1 << 20) + "}")  # a megabyte of text with an absurd answer
+    texts.append("x" * (1 << 20))
+    timeout, workers = 1.0, 2
+    with Sandbox(workers=workers, timeout=timeout, preload=()) as pool:
+        t = time.monotonic()
+        res = analyze_batch(texts, ["18"] * len(texts), pool=pool)
+        elapsed = time.monotonic() - t
+        assert all(r["correct"] is False for r in res)
+        assert elapsed < (len(texts) / workers) * (timeout + 1.0)
+        # the pool still works afterwards
+        assert analyze_batch(["def simple_math_problem() -> int:\n    return 18\n"], ["18"], pool=pool)[0]["correct"]
