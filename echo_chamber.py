@@ -41,8 +41,8 @@ def get_args(argv=None):
     p.add_argument("--pretrain-iters", type=int, default=None, help="pretraining steps (default: the toy preset's)")
     p.add_argument("--eval-limit", type=int, default=None, help="problems in the before/after evaluations "
                                                                 "(default: all 500 of each set)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for every stage (1 is the "
-                                                          "safest on a 2-core machine that is doing anything else)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads for every stage (use 1 when "
+                                                          "anything else runs: OpenMP spin-waits make 2 threads crawl)")
     p.add_argument("--pretrain-args", default="", help="extra flags for pretrain.py, as one string")
     p.add_argument("--rl-args", default="", help="extra flags for rl.py, as one string")
     p.add_argument("--no-tqdm", action="store_true", help="no progress bars in the stages")

@@ -18,7 +18,8 @@ Why GRPO is the toy's default: it has no critic, so a step costs one generation,
 policy forward+backward (PPO adds a critic forward, a critic update and a second policy forward), and a
 throwaway prototype measured that it shows the whole echo chamber on 2 CPU cores in about 5 minutes
 (../shared/TOY.md point 4: greedy omi1 share 36% -> 100% and accuracy 33% -> 65% in about 20 steps; here, from
-the repo's toy checkpoint, 20 steps took tinygsm from 24% to 64% of greedy outputs and killed omi2).
+the repo's toy checkpoint, tinygsm went from 24% of greedy outputs to 64% at step 20 and 96% at step 40, omi2
+died by step 20, and pass@1 rose 0.14 -> 0.37: so the toy default is 40 steps).
 
 Choices worth knowing (each a flag):
 - a response cut at --max-new-tokens (or at the end of the context) has no end-of-text and gets reward 0:
@@ -270,7 +271,8 @@ def take(batch, idx):
 # presets and flags
 # =====================================================================================================
 # toy: ../shared/TOY.md point 4 (16 prompts x 8 samples, T 0.7, lr 1e-4, beta 0, one update per rollout; about
-# 20 steps). lr is constant (min_lr_ratio 1): 20 steps leave no room for a schedule. One change: responses may
+# 20 steps). lr is constant (min_lr_ratio 1): a short run leaves no room for a schedule. Two changes: 40 steps
+# (from the repo's weaker toy checkpoint the takeover needs them: tinygsm 64% at step 20, 96% at step 40); responses may
 # run to the end of the 256-token context (max_new_tokens 256) instead of TOY.md's 160 new tokens. With this
 # repo's tokenizer a correct tinygsm solution has a median of 155 tokens and 45% are longer than 160 (omi1 / omi2:
 # 15%), so at 160 truncation, not accuracy, decided the race: measured over 20 GRPO steps from the same toy
@@ -279,7 +281,7 @@ def take(batch, idx):
 PRESETS = {
     "toy": dict(algo="grpo", prompt_set="synthetic", eval_set="synthetic", prompts=1024, prompts_per_step=16,
                 samples_per_prompt=8, temperature=0.7, max_new_tokens=256, lr=1e-4, critic_lr=5e-4, kl=0.0,
-                ppo_epochs=1, minibatches=1, micro_batch=32, gen_batch=128, max_steps=20, passes=None,
+                ppo_epochs=1, minibatches=1, micro_batch=32, gen_batch=128, max_steps=40, passes=None,
                 warmup_ratio=0.0, min_lr_ratio=1.0, eval_interval=5, eval_n=200, eval_samples=1, eval_batch=128,
                 sft_epochs=2, sft_batch=32),
     "150m": dict(algo="ppo", prompt_set="gsm8k", eval_set="gsm8k", prompts=0, prompts_per_step=64,
@@ -319,7 +321,7 @@ def get_args(argv=None):
     p = Parser(description="RL post-training (PPO, GRPO, Expert Iteration) of a pretrained checkpoint. With no "
                            "flags: the toy echo chamber, GRPO from out/pretrain-toy/ckpt.pt on the synthetic RL "
                            "prompts, on a CPU in minutes (GRPO: no critic, the cheapest step, and it shows the "
-                           "collapse in ~20 steps). Flags left unset take the --preset's value.",
+                           "collapse in ~40 steps). Flags left unset take the --preset's value.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--algo", default=None, choices=ALGOS, help="ppo | grpo | ei (default: grpo for toy, ppo for 150m/1b)")
