@@ -47,9 +47,16 @@ def atomic_open(path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # a full disk, a quota, a vanished dir (torch.save wraps the OSError in a RuntimeError): one line
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e.__context__, OSError) else None
+        if cause is None and isinstance(e, RuntimeError) and "unexpected pos" in str(e):
+            cause = OSError("the write stopped short (disk full?)")
+        if cause is not None:
+            raise UserError(f"cannot write {path}: {cause.strerror or cause} (the previous version, if any, "
+                            f"is intact)") from e
         raise
 
 

@@ -291,3 +291,28 @@ def test_a_rollout_batch_of_hostile_outputs_is_graded_in_bounded_time():
         assert elapsed < (len(texts) / workers) * (timeout + 1.0)
         # the pool still works afterwards
         assert analyze_batch(["def simple_math_problem() -> int:\n    return 18\n"], ["18"], pool=pool)[0]["correct"]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path):
+    # a 64 KiB tmpfs stands in for a full disk (needs root and mount rights; skipped elsewhere)
+    import subprocess as sp
+    import pytest
+    import torch
+    from common import UserError, atomic_write_bytes
+    from model import save_checkpoint
+    d = tmp_path / "small"
+    d.mkdir()
+    if sp.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (not root, or no mount rights)")
+    try:
+        atomic_write_bytes(d / "metrics.json", b"old")
+        with pytest.raises(UserError, match="No space left") as e:
+            atomic_write_bytes(d / "metrics.json", b"x" * (1 << 20))
+        assert "\n" not in str(e.value)
+        with pytest.raises(UserError, match="intact") as e:
+            save_checkpoint(d / "ckpt.pt", {"model": {"w": torch.zeros(1 << 18)}, "config": {}})
+        assert "\n" not in str(e.value)
+        assert (d / "metrics.json").read_bytes() == b"old"
+        assert sorted(p.name for p in d.iterdir()) == ["metrics.json"]  # no temp file left behind
+    finally:
+        sp.run(["umount", str(d)])
