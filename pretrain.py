@@ -114,8 +114,6 @@ def resolve(args):
         mcfg["tie_embeddings"] = bool(args.tie_embeddings)
     args.model = mcfg
     args.vocab_size, args.block_size = mcfg["vocab_size"], mcfg["block_size"]
-    if args.out_dir is None:
-        args.out_dir = os.path.join("out", f"pretrain-{args.preset}")
     for name in ("batch_size", "total_batch_size", "block_size", "eval_iters"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
