@@ -58,6 +58,10 @@ def get_args(argv=None):
     p.add_argument("--preset", default="toy", choices=sorted(PRESETS), help="model config of the train/gen sections")
     p.add_argument("--batch-size", type=int, default=0, help="training batch (default: 16 on the CPU, 8 on CUDA)")
     p.add_argument("--seq-len", type=int, default=0, help="training sequence length (default: the preset's context)")
+    p.add_argument("--mfu-preset", default="150m", choices=["150m", "1b"], help="the paper preset the CUDA MFU "
+                                                                                "section trains (bf16, compile, flash)")
+    p.add_argument("--mfu-micro", type=int, default=0, help="micro-batch of the MFU section (default: 16 for 150m, "
+                                                            "8 for 1b; accumulation fills the paper's 512 sequences)")
     p.add_argument("--rl-ckpt", default=None, help="checkpoint for the RL step (default: out/pretrain-toy/ckpt.pt "
                                                    "when it exists, else random toy weights)")
     p.add_argument("--sections", default="train,mfu,gen,sandbox,rl", help="comma-separated subset to run")
@@ -227,10 +231,12 @@ def bench_train(args, cfg, device, dtype):
 
 
 def bench_mfu(args, device):
-    """The 150m preset at the paper's batch shape: 512 x 2048 tokens per optimizer step, in micro-batches."""
-    cfg = GPTConfig(**PRESETS["150m"])
-    T, micro = cfg.block_size, 16
-    accum = 8 if args.quick else 32  # 32 x 16 = 512 sequences: the paper's step; --quick times a quarter of it
+    """A paper preset (150m, or 1b) at the paper's batch shape: 512 x 2048 tokens per optimizer step, in
+    micro-batches (16 sequences for 150m, 8 for 1b unless --mfu-micro says otherwise)."""
+    name = args.mfu_preset
+    cfg = GPTConfig(**PRESETS[name])
+    T, micro = cfg.block_size, args.mfu_micro or (16 if name == "150m" else 8)
+    accum = 512 // micro // (4 if args.quick else 1)  # the paper's 512-sequence step; --quick times a quarter
     torch.manual_seed(0)
     model = GPT(cfg, verbose=False).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
@@ -264,9 +270,9 @@ def bench_mfu(args, device):
     tps = accum * micro * T / dt
     peak = torch.cuda.max_memory_allocated() / 2**20
     del model, cmodel, opt
-    return {"mfu_150m": round(estimate_mfu(cfg, tps, T) or 0, 4) or None, "mfu_150m_tokens_per_s": r1(tps),
-            "mfu_150m_peak_mb": r1(peak), "mfu_150m_compile_s": round(tc, 1),
-            "mfu_150m_shape": f"{accum}x{micro}x{T} (accum x micro x seq)", "mfu_device": torch.cuda.get_device_name(),
+    return {f"mfu_{name}": round(estimate_mfu(cfg, tps, T) or 0, 4) or None, f"mfu_{name}_tokens_per_s": r1(tps),
+            f"mfu_{name}_peak_mb": r1(peak), f"mfu_{name}_compile_s": round(tc, 1),
+            f"mfu_{name}_shape": f"{accum}x{micro}x{T} (accum x micro x seq)", "mfu_device": torch.cuda.get_device_name(),
             "mfu_attention": "flash" if len(backend) == 1 else "sdpa-default"}
 
 
@@ -433,9 +439,11 @@ def table(res):
         rows.append((f"train tokens/s (B {res['train_batch']} x T {res['train_seq_len']}, {res['train_dtype']})",
                      f(res["train_tokens_per_s_ours"]), f(res["train_tokens_per_s_hf"]), f(res["train_ratio_vs_hf"], "x"),
                      f"{f(res['train_peak_mb_ours'])} / {f(res['train_peak_mb_hf'])}"))
-    if res.get("mfu_150m") is not None:
-        rows.append((f"150m MFU ({res['mfu_150m_shape']})", f"{res['mfu_150m']:.1%}", "-", "-", f(res["mfu_150m_peak_mb"])))
-        rows.append(("150m train tokens/s", f(res["mfu_150m_tokens_per_s"]), "-", "-", ""))
+    for name in ("150m", "1b"):
+        if res.get(f"mfu_{name}") is not None:
+            rows.append((f"{name} MFU ({res[f'mfu_{name}_shape']})", f"{res[f'mfu_{name}']:.1%}", "-", "-",
+                         f(res[f"mfu_{name}_peak_mb"])))
+            rows.append((f"{name} train tokens/s", f(res[f"mfu_{name}_tokens_per_s"]), "-", "-", ""))
     for B in GEN_BATCHES:
         if f"gen_ratio_vs_hf_b{B}" in res:
             rows.append((f"generate new tokens/s, batch {B} ({res['gen_mismatches_b' + str(B)]} mismatched rows)",

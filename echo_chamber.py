@@ -11,8 +11,9 @@ What it runs, each stage a script you can also run alone (the commands are print
                    (skipped when that checkpoint is already complete; resumed when it is partial)
   2. rl.py         RL on the synthetic RL prompts; greedy evals on the held-out test set at step 0 and every few
                    steps, a PNG of the format shares over steps                     -> <out>/<rl>/formats.png
-  3. evaluate.py   before (pretrained) and after (RL) on the held-out test set and on the harder held-out set
-                   (more steps than RL ever saw: the transfer finding)              -> <out>/<rl>/eval-*/
+  3. evaluate.py   before (pretrained) and after (RL) on the harder held-out set (more steps than pretraining
+                   or RL ever saw: the transfer finding)             -> <out>/<rl>/eval-synthetic-hard-*/
+                   (the held-out test set's before / after are rl.py's own step-0 and last evals)
   4. a table of each format's share and accuracy, before and after, and the checks the echo chamber predicts,
      printed and written to <out>/<rl>/result.json.
 """
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from common import UserError, main_guard, atomic_write_json
+from common import UserError, main_guard, atomic_write_json, read_jsonl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FORMATS = ["tinygsm", "omi1", "omi2", "other"]
@@ -39,8 +40,8 @@ def get_args(argv=None):
     p.add_argument("--kl", type=float, default=None, help="KL coefficient (default: rl.py's toy default)")
     p.add_argument("--rl-steps", type=int, default=None, help="RL steps (EI: rounds; default: rl.py's toy default)")
     p.add_argument("--pretrain-iters", type=int, default=None, help="pretraining steps (default: the toy preset's)")
-    p.add_argument("--eval-limit", type=int, default=None, help="problems in the before/after evaluations "
-                                                                "(default: all 500 of each set)")
+    p.add_argument("--eval-limit", type=int, default=200, help="problems of the harder set evaluated before and "
+                                                               "after (0 = all 500); the test set's are rl.py's")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for every stage (use 1 when "
                                                           "anything else runs: OpenMP spin-waits make 2 threads crawl)")
     p.add_argument("--pretrain-args", default="", help="extra flags for pretrain.py, as one string")
@@ -111,16 +112,21 @@ def main(argv=None):
         cmd += ["--max-steps", str(args.rl_steps)]
     times["rl"] = run(cmd + args.rl_args.split())
 
-    # 3. before / after on the held-out test set and on the harder set
-    summaries = {}
+    # 3. before / after. The held-out test set: rl.py's own greedy evals at step 0 and at the last step (the same
+    #    problems, already in its metrics.jsonl: evaluating them again would only cost time). The harder set
+    #    (more steps than pretraining or RL ever saw: the transfer finding): evaluate.py before and after.
+    evals = [r for r in read_jsonl(os.path.join(rl_dir, "metrics.jsonl")) if r.get("type") == "eval"]
+    if not evals or evals[0]["step"] != 0:
+        raise UserError(f"{rl_dir}/metrics.jsonl has no step-0 eval record: run rl.py with --eval-interval > 0")
+    last = max(r["step"] for r in evals)
+    summaries = {("synthetic", "before"): next(r for r in evals if r["step"] == 0),
+                 ("synthetic", "after"): [r for r in evals if r["step"] == last][-1]}
     limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
-    for bench in ("synthetic", "synthetic-hard"):
-        for when, path in (("before", ckpt), ("after", os.path.join(rl_dir, "ckpt.pt"))):
-            d = os.path.join(rl_dir, f"eval-{bench}-{when}")
-            t = run([py, "evaluate.py", "--ckpt", path, "--benchmark", bench, "--out", d, "--seed", str(args.seed)]
-                    + limit + common)
-            times[f"eval-{bench}-{when}"] = t
-            summaries[(bench, when)] = load_json(os.path.join(d, "summary.json"))
+    for when, path in (("before", ckpt), ("after", os.path.join(rl_dir, "ckpt.pt"))):
+        d = os.path.join(rl_dir, f"eval-synthetic-hard-{when}")
+        times[f"eval-hard-{when}"] = run([py, "evaluate.py", "--ckpt", path, "--benchmark", "synthetic-hard",
+                                          "--out", d, "--seed", str(args.seed)] + limit + common)
+        summaries[("synthetic-hard", when)] = load_json(os.path.join(d, "summary.json"))
 
     # 4. the result, and the checks the echo chamber predicts (reported, never tuned)
     b, a = summaries[("synthetic", "before")], summaries[("synthetic", "after")]
@@ -150,7 +156,7 @@ def main(argv=None):
     print()
     print(table(f"held-out synthetic test set ({b['num_problems']} problems, greedy)", b, a))
     print()
-    print(table(f"harder held-out set ({hb['num_problems']} problems, 5-6 steps, greedy)", hb, ha))
+    print(table(f"harder held-out set ({hb['num_problems']} problems, 3 steps, greedy)", hb, ha))
     print()
     print(f"winner after RL: {top_after} ({100 * a['format_shares'][top_after]:.1f}%); before RL the most frequent "
           f"was {top_before} ({100 * b['format_shares'][top_before]:.1f}%) and the most accurate {most_accurate}")

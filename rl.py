@@ -14,12 +14,12 @@ Resume an interrupted run exactly (bitwise the same weights as an uninterrupted 
 ends an invocation cleanly after N steps, --max-steps on resume extends a run):
     python rl.py --out-dir out/rl-toy --resume
 
-Why GRPO is the toy's default: it has no critic, so a step costs one generation, one reference forward and one
-policy forward+backward (PPO adds a critic forward, a critic update and a second policy forward), and a
-throwaway prototype measured that it shows the whole echo chamber on 2 CPU cores in about 5 minutes
-(../shared/TOY.md point 4: greedy omi1 share 36% -> 100% and accuracy 33% -> 65% in about 20 steps; here, from
-the repo's toy checkpoint, tinygsm went from 24% of greedy outputs to 64% at step 20 and 96% at step 40, omi2
-died by step 20, and pass@1 rose 0.14 -> 0.37: so the toy default is 40 steps).
+Why GRPO is the toy's default: it has no critic, so a step costs one generation and one policy forward+backward
+(with beta 0 the reference model is not even built; with one update per rollout the sampling policy's
+log-probs are the policy's own, detached), where PPO adds a critic forward and update. A throwaway prototype
+showed the whole echo chamber on 2 CPU cores in about 5 minutes (../shared/TOY.md point 4). Here, from the toy
+checkpoint of the README's main job (seed 1337), 30 steps at lr 1.5e-4 take about 4 minutes on 2 cores: omi1
+went from 36% of greedy outputs to 93%, omi2 died by step 10, pass@1 rose 0.195 -> 0.325 (README "Results").
 
 Choices worth knowing (each a flag):
 - a response cut at --max-new-tokens (or at the end of the context) has no end-of-text and gets reward 0:
@@ -270,19 +270,19 @@ def take(batch, idx):
 # =====================================================================================================
 # presets and flags
 # =====================================================================================================
-# toy: ../shared/TOY.md point 4 (16 prompts x 8 samples, T 0.7, lr 1e-4, beta 0, one update per rollout; about
-# 20 steps). lr is constant (min_lr_ratio 1): a short run leaves no room for a schedule. Two changes: 40 steps
-# (from the repo's weaker toy checkpoint the takeover needs them: tinygsm 64% at step 20, 96% at step 40); responses may
-# run to the end of the 256-token context (max_new_tokens 256) instead of TOY.md's 160 new tokens. With this
-# repo's tokenizer a correct tinygsm solution has a median of 155 tokens and 45% are longer than 160 (omi1 / omi2:
-# 15%), so at 160 truncation, not accuracy, decided the race: measured over 20 GRPO steps from the same toy
-# checkpoint, 160 gave greedy tinygsm 14% -> 36% with 14% of outputs cut-off tinygsm ("other"), while 256 gave
-# tinygsm 24% -> 64%, omi2 34% -> 0%, "other" 10% -> 4%, pass@1 0.14 -> 0.37, at about the same time per step.
+# toy: ../shared/TOY.md point 4 (16 prompts x 8 samples, T 0.7, beta 0, one update per rollout). lr is constant
+# (min_lr_ratio 1): a short run leaves no room for a schedule. Measured from the toy checkpoint of seed 1337 (greedy
+# pass@1 0.195; shares tinygsm 26 / omi1 36 / omi2 38%), greedy evals on 200 held-out problems:
+#   lr 1e-4:   step 25 omi1 82%, pass@1 0.385     lr 1.5e-4: step 25 omi1 90%, pass@1 0.29
+#   lr 2e-4:   step 20 omi1 100%, pass@1 0.24 (0.305 at step 10, then down)
+# A larger step collapses the formats sooner but keeps less of the accuracy gain; 1.5e-4 for 30 steps fits the
+# main job's 15 minutes. max_new_tokens 256: the longest correct toy solution (a 2-step tinygsm one) is ~200
+# tokens; a response cut at the limit gets reward 0, so the limit must not decide the race between formats.
 PRESETS = {
     "toy": dict(algo="grpo", prompt_set="synthetic", eval_set="synthetic", prompts=1024, prompts_per_step=16,
-                samples_per_prompt=8, temperature=0.7, max_new_tokens=256, lr=1e-4, critic_lr=5e-4, kl=0.0,
-                ppo_epochs=1, minibatches=1, micro_batch=32, gen_batch=128, max_steps=40, passes=None,
-                warmup_ratio=0.0, min_lr_ratio=1.0, eval_interval=5, eval_n=200, eval_samples=1, eval_batch=128,
+                samples_per_prompt=8, temperature=0.7, max_new_tokens=256, lr=1.5e-4, critic_lr=5e-4, kl=0.0,
+                ppo_epochs=1, minibatches=1, micro_batch=32, gen_batch=128, max_steps=30, passes=None,
+                warmup_ratio=0.0, min_lr_ratio=1.0, eval_interval=5, eval_n=200, eval_samples=0, eval_batch=128,
                 sft_epochs=2, sft_batch=32),
     "150m": dict(algo="ppo", prompt_set="gsm8k", eval_set="gsm8k", prompts=0, prompts_per_step=64,
                  samples_per_prompt=8, temperature=0.7, max_new_tokens=1024, lr=1e-6, critic_lr=7e-6, kl=1e-3,
@@ -801,7 +801,9 @@ def train_pg(run):
     args, dev = run.args, run.device
     algo, beta, n = args.algo, args.kl, args.samples_per_prompt
     model = run.model
-    ref = copy.deepcopy(model).requires_grad_(False)
+    # the reference policy only matters through the KL term: with beta 0 it is never built and its forward pass
+    # over every rollout (~15% of a toy GRPO step) is skipped; "kl" is then logged as null
+    ref = copy.deepcopy(model).requires_grad_(False) if beta > 0 else None
     critic = Critic(copy.deepcopy(model)).to(dev) if algo == "ppo" else None
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0, eps=1e-8)
     copt = (torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, betas=(0.9, 0.95), weight_decay=0.0, eps=1e-8)
@@ -824,7 +826,8 @@ def train_pg(run):
     total_updates = args.max_steps * updates_per_step
     # with one update per rollout the policy that sampled is the policy being updated: old log-probs are the
     # current ones, detached (ratio exactly 1), which saves a forward pass over the rollout
-    reuse_old = algo == "grpo" and updates_per_step == 1
+    # (PPO also needs them for its KL reward when beta > 0)
+    reuse_old = updates_per_step == 1 and (algo == "grpo" or beta == 0)
     snapshots = snapshot_steps(args, args.max_steps)
     local_prompts = args.prompts_per_step // run.world
     run.start_step = run.step
@@ -852,17 +855,20 @@ def train_pg(run):
         # ---- 3. log-probs of the rollout under the reference (and the sampling policy), values, advantages
         batch = make_batch(prompt_ids, responses, run.tok.eot_id, dev)
         B, mask = len(responses), batch["mask"]
-        chunks = torch.arange(B).split(args.micro_batch)
+        seq_len = (batch["starts"] + batch["lens"]).cpu()
+        chunks = torch.argsort(seq_len, stable=True).split(args.micro_batch)
         with torch.no_grad(), run.autocast():
             logprobs_of = lambda m: (lambda mb: response_logprobs(m, *_inputs(mb), temperature=args.temperature)[0])
-            batch["ref_logp"] = forward_chunks(logprobs_of(ref), batch, chunks)
+            if ref is not None:
+                batch["ref_logp"] = forward_chunks(logprobs_of(ref), batch, chunks)
             if not reuse_old:
                 batch["old_logp"] = forward_chunks(logprobs_of(model), batch, chunks)
             if critic is not None:
                 batch["old_values"] = forward_chunks(lambda mb: critic(*_inputs(mb)), batch, chunks) * mask
         if algo == "ppo":
             # per-token reward: -beta * KL estimate (k1) against the reference, plus the 0/1 outcome on the last token
-            token_rewards = -beta * kl_penalty(batch["old_logp"], batch["ref_logp"], args.kl_estimator) * mask
+            token_rewards = torch.zeros_like(mask) if ref is None else \
+                -beta * kl_penalty(batch["old_logp"], batch["ref_logp"], args.kl_estimator) * mask
             last = (batch["lens"] - 1).long()
             token_rewards[torch.arange(B, device=dev), last] += scores
             adv, returns = compute_gae_advantage_return(token_rewards, batch["old_values"], mask, args.gamma,
@@ -887,6 +893,9 @@ def train_pg(run):
                         g["lr"] = lr_at(it, total_updates, args, args.critic_lr)
                 W = run.all_sum([agg_weight(mask[mb.to(dev)], args.loss_agg).item() if len(mb) else 0.0])[0]
                 loss_ok = True
+                # micro-batches of similar lengths pad less (take() trims each to its own longest row); the
+                # accumulated gradient is the same sum whatever the grouping
+                mb = mb[torch.argsort(seq_len[mb], stable=True)]
                 for micro in mb.split(args.micro_batch):
                     mbat = take(batch, micro)
                     m = mbat["mask"]
@@ -909,7 +918,8 @@ def train_pg(run):
                     stats["wsum"] += ntok
                     if epoch == 0:  # entropy and KL of the policy on its own rollout, once per sample
                         stats["ent"] += (ent * m).sum().item()
-                        stats["kl"] += (kl_penalty(logp.detach(), mbat["ref_logp"], "k1") * m).sum().item()
+                        if ref is not None:
+                            stats["kl"] += (kl_penalty(logp.detach(), mbat["ref_logp"], "k1") * m).sum().item()
                         stats["tok"] += ntok
                     if critic is not None:
                         with run.autocast():
@@ -949,7 +959,7 @@ def train_pg(run):
         rec = {"type": "train", "step": run.step, "epoch": run.step * args.prompts_per_step / len(run.records),
                **run.rollout_metrics(samples)}
         s = dict(zip(stats, run.all_sum(stats.values())))
-        rec.update({"kl": s["kl"] / max(s["tok"], 1), "entropy": s["ent"] / max(s["tok"], 1),
+        rec.update({"kl": s["kl"] / max(s["tok"], 1) if ref is not None else None, "entropy": s["ent"] / max(s["tok"], 1),
                     "clipfrac": s["clip"] / max(s["wsum"], 1),
                     "pg_loss": s["pg_loss"] / max(updates_per_step - skipped, 1),
                     "lr": opt.param_groups[0]["lr"], "grad_norm": sum(gnorms) / len(gnorms) if gnorms else None,
@@ -962,10 +972,12 @@ def train_pg(run):
                         "critic_lr": copt.param_groups[0]["lr"]})
         rec["time"] = {"generate": round(t1 - t0, 3), "reward": round(t2 - t1, 3), "logprobs": round(t3 - t2, 3),
                        "update": round(t4 - t3, 3), "total": round(t4 - t0, 3)}
+        if str(dev).startswith("cuda"):
+            rec["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)  # actor + critic + ref + rollout
         run.log(rec)
         run.bar.update(1)
         top = max(rec["format_shares"].items(), key=lambda kv: kv[1]) if rec["format_shares"] else ("-", 0)
-        run.bar.set_postfix(reward=f"{rec['reward']:.3f}", kl=f"{rec['kl']:.4f}", top=f"{top[0]} {top[1]:.0%}")
+        run.bar.set_postfix(reward=f"{rec['reward']:.3f}", kl="-" if rec["kl"] is None else f"{rec['kl']:.4f}", top=f"{top[0]} {top[1]:.0%}")
         if run.after_step(state, snapshots):
             break
     run.bar.close()
@@ -977,10 +989,13 @@ def _inputs(mbat):
 
 
 def forward_chunks(fn, batch, chunks):
-    """fn(micro-batch) -> (b, r_i) for each chunk of rows (in order), right-padded and stacked into (B, R)."""
+    """fn(micro-batch) -> (b, r_i) for each chunk of rows (any rows, e.g. grouped by length), right-padded
+    and put back in row order: (B, R)."""
     R = batch["resp"].size(1)
     parts = [fn(take(batch, c)).float() for c in chunks]
-    return torch.cat([nn.functional.pad(p, (0, R - p.size(1))) for p in parts], dim=0)
+    out = torch.cat([nn.functional.pad(p, (0, R - p.size(1))) for p in parts], dim=0)
+    order = torch.cat(list(chunks)).to(out.device)
+    return torch.empty_like(out).index_copy_(0, order, out)
 
 
 def _whiten_global(run, adv, mask):

@@ -21,7 +21,7 @@ from data.sources import hub_unreachable
 # name -> (splits, hub id, a one-line description)
 BENCHMARKS = {
     "synthetic": (("test", "train"), None, "embedded held-out synthetic problems (train = the RL prompts)"),
-    "synthetic-hard": (("test",), None, "embedded synthetic problems with 5-6 steps, more than RL ever sees"),
+    "synthetic-hard": (("test",), None, "embedded synthetic problems with 3 steps, more than pretraining or RL ever see"),
     "gsm8k": (("train", "test"), "openai/gsm8k", "GSM8K (train 7,473 = RL prompts, test 1,319)"),
     "math500": (("test",), "HuggingFaceH4/MATH-500", "MATH-500"),
     "aime": (("test",), "AI-MO/aimo-validation-aime", "AIME 2022-2024, 90 problems (the paper's aime3)"),

@@ -18,7 +18,7 @@ from data.mixture import DEFAULT_CACHE, DEFAULT_MIX, DEFAULT_UNIT, prepare_mixtu
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mix", default=DEFAULT_MIX, help=f"mixture spec (default {DEFAULT_MIX})")
-    ap.add_argument("--vocab-size", type=int, default=4096, help="cl100k prefix + end-of-text: 4096 toy, 32768 150m/1b")
+    ap.add_argument("--vocab-size", type=int, default=2049, help="cl100k prefix + end-of-text: 2049 toy, 32768 150m/1b")
     ap.add_argument("--out", default=DEFAULT_CACHE, help="cache root (default data_cache/ in the repo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-docs", type=int, default=None, help="cap on documents read per source (before copies)")

@@ -127,7 +127,7 @@ def test_synthetic_steps_and_disjoint_splits():
     for split in ("pretrain", "rl", "test", "hard"):
         ps = synthetic.problems(split, 300 if split != "hard" else 100, seed=0)
         steps = {p["steps"] for p in ps}
-        assert steps == ({5, 6} if split == "hard" else {1, 2, 3, 4})
+        assert steps == ({3} if split == "hard" else {1, 2})
         qs = [p["question"] for p in ps]
         assert len(set(qs)) == len(qs)  # no repeats within a split
         if split != "hard":

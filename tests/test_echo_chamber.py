@@ -23,6 +23,14 @@ def test_main_job_runs_end_to_end(tmp_path):
         assert set(res[k]) == {"pass@1", "format_shares", "format_accuracy"}
         assert abs(sum(res[k]["format_shares"].values()) - 1.0) < 1e-9
     assert set(res["checks"]) and all(isinstance(v, bool) for v in res["checks"].values())
+    # the test set's before / after are rl.py's own step-0 and last greedy evals, not a second evaluation
+    evals = [json.loads(ln) for ln in open(os.path.join(out, "rl-grpo-s1", "metrics.jsonl"))]
+    evals = [r for r in evals if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 1]
+    assert res["test_before"] == {k: evals[0][k] for k in ("pass@1", "format_shares", "format_accuracy")}
+    assert res["test_after"] == {k: evals[1][k] for k in ("pass@1", "format_shares", "format_accuracy")}
+    assert res["hard_before"]["pass@1"] == json.load(open(os.path.join(
+        out, "rl-grpo-s1", "eval-synthetic-hard-before", "summary.json")))["pass@1"]
     assert os.path.exists(os.path.join(out, "rl-grpo-s1", "formats.png"))
     assert "held-out synthetic test set" in p.stdout
     # a second run reuses the complete pretraining instead of training again

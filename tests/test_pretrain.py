@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from model import load_checkpoint
+from model import PRESETS, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--mix", "syn-tinygsm:1,syn-omi2:1,syn-finemath:0.5", "--unit", "300", "--n-layer", "1", "--n-embd", "32",
@@ -44,7 +44,7 @@ def test_loss_falls_and_checkpoint_is_complete(tmp_path, data_dir):
     assert evals[-1]["val_loss_mean"] < evals[0]["val_loss_mean"] - 1.0
     ck = load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ck["step"] == 30 and ck["kind"] == "pretrain"
-    assert ck["tokenizer"]["vocab_size"] == 4096 and ck["config"]["n_layer"] == 1
+    assert ck["tokenizer"]["vocab_size"] == PRESETS["toy"]["vocab_size"] and ck["config"]["n_layer"] == 1
     assert "optimizer" in ck and ck["args"]["mix"].startswith("syn-tinygsm")
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["max_iters"] == 30
