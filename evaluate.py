@@ -46,7 +46,7 @@ from common import UserError, atomic_write_bytes, atomic_write_json, check_out_d
 
 def default_max_new_tokens(benchmark):
     """The paper's limits for real benchmarks: 1024 new tokens, 2048 for MATH-500 and AIME. The synthetic
-    solutions are about 100 tokens and the toy context is 256 (generation stops at the context end anyway)."""
+    solutions are 50-230 tokens and the toy context is 320 (generation stops at the context end anyway)."""
     if benchmark.startswith("synthetic"):
         return 256
     return 2048 if benchmark == "math500" or benchmark.startswith("aime") else 1024

@@ -1,7 +1,7 @@
 """
 Pretrain a GPT from scratch on a mixture of math corpora.
 
-One CPU, the toy preset on the embedded synthetic three-format mixture (a few minutes):
+One CPU, the toy preset on the embedded synthetic three-format mixture (about 8 minutes on 2 quiet cores):
     python pretrain.py
 One GPU, the paper's 150M model on a real mixture (hub ids in data/sources.py):
     python pretrain.py --preset 150m --mix tinygsm:1,omi1:1,omi2:1,finemath:1,algebraic-stack:1 --device cuda
