@@ -69,6 +69,8 @@ def get_args(argv=None):
                                                           "for both generators at batch 64")
     p.add_argument("--json-out", default=None, help="also write the JSON object to this file")
     args = p.parse_args(argv)
+    if args.mfu_micro < 0:
+        raise UserError(f"--mfu-micro must be >= 0, got {args.mfu_micro}")
     args.sections = set(args.sections.split(","))
     bad = args.sections - {"train", "mfu", "gen", "sandbox", "rl"}
     if bad:
@@ -236,7 +238,7 @@ def bench_mfu(args, device):
     name = args.mfu_preset
     cfg = GPTConfig(**PRESETS[name])
     T, micro = cfg.block_size, args.mfu_micro or (16 if name == "150m" else 8)
-    accum = 512 // micro // (4 if args.quick else 1)  # the paper's 512-sequence step; --quick times a quarter
+    accum = max(1, 512 // micro // (4 if args.quick else 1))  # the paper's 512-sequence step; --quick: a quarter
     torch.manual_seed(0)
     model = GPT(cfg, verbose=False).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)

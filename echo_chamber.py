@@ -118,9 +118,7 @@ def main(argv=None):
     evals = [r for r in read_jsonl(os.path.join(rl_dir, "metrics.jsonl")) if r.get("type") == "eval"]
     if not evals or evals[0]["step"] != 0:
         raise UserError(f"{rl_dir}/metrics.jsonl has no step-0 eval record: run rl.py with --eval-interval > 0")
-    last = max(r["step"] for r in evals)
-    summaries = {("synthetic", "before"): next(r for r in evals if r["step"] == 0),
-                 ("synthetic", "after"): [r for r in evals if r["step"] == last][-1]}
+    summaries = {("synthetic", "before"): evals[0], ("synthetic", "after"): evals[-1]}  # the log is in step order
     limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
     for when, path in (("before", ckpt), ("after", os.path.join(rl_dir, "ckpt.pt"))):
         d = os.path.join(rl_dir, f"eval-synthetic-hard-{when}")

@@ -959,7 +959,7 @@ def train_pg(run):
         rec = {"type": "train", "step": run.step, "epoch": run.step * args.prompts_per_step / len(run.records),
                **run.rollout_metrics(samples)}
         s = dict(zip(stats, run.all_sum(stats.values())))
-        rec.update({"kl": s["kl"] / max(s["tok"], 1) if ref is not None else None, "entropy": s["ent"] / max(s["tok"], 1),
+        rec.update({"kl": None if ref is None else s["kl"] / max(s["tok"], 1), "entropy": s["ent"] / max(s["tok"], 1),
                     "clipfrac": s["clip"] / max(s["wsum"], 1),
                     "pg_loss": s["pg_loss"] / max(updates_per_step - skipped, 1),
                     "lr": opt.param_groups[0]["lr"], "grad_norm": sum(gnorms) / len(gnorms) if gnorms else None,
@@ -977,7 +977,8 @@ def train_pg(run):
         run.log(rec)
         run.bar.update(1)
         top = max(rec["format_shares"].items(), key=lambda kv: kv[1]) if rec["format_shares"] else ("-", 0)
-        run.bar.set_postfix(reward=f"{rec['reward']:.3f}", kl="-" if rec["kl"] is None else f"{rec['kl']:.4f}", top=f"{top[0]} {top[1]:.0%}")
+        run.bar.set_postfix(reward=f"{rec['reward']:.3f}", kl="-" if rec["kl"] is None else f"{rec['kl']:.4f}",
+                            top=f"{top[0]} {top[1]:.0%}")
         if run.after_step(state, snapshots):
             break
     run.bar.close()

@@ -34,7 +34,7 @@ from data.sources import SOURCES, load_documents
 from data.tokenizer import get_tokenizer
 
 SYNTHETIC = {"syn-tinygsm": "tinygsm", "syn-omi1": "omi1", "syn-omi2": "omi2", "syn-finemath": "finemath"}
-# finemath at half weight: it teaches no answer format, and the toy needs its tokens for the three formats
+# finemath at a quarter weight: it teaches no answer format, and the toy needs its tokens for the three formats
 DEFAULT_MIX = "syn-tinygsm:1,syn-omi1:1,syn-omi2:1,syn-finemath:0.25"
 DEFAULT_UNIT = 6500      # documents in one copy of a synthetic source: the default mix is ~3.4M tokens at vocab 2049
 DEFAULT_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_cache")

@@ -211,6 +211,7 @@ def test_each_algorithm_learns_a_trivial_task(tiny, tmp_path, algo, steps):
     if algo != "ei":
         for key in ("kl", "entropy", "clipfrac", "lr", "grad_norm"):
             assert key in rec, key
+        assert rec["kl"] is None  # beta 0: no reference model, no KL to report
     if algo == "ppo":
         assert "value_loss" in rec and "value_clipfrac" in rec
     # the latest checkpoint and the log-spaced snapshots (1, 2, 4, ... and the last), loadable by evaluate.py
@@ -277,6 +278,17 @@ def test_resume_is_exact(tiny, tmp_path, algo):
     assert steps[1:] == [1, 2, 3]
 
 
+def test_forward_chunks_puts_rows_back_in_order():
+    R = 5
+    lens = torch.tensor([5, 1, 3, 2])
+    batch = {"seqs": torch.arange(4 * (R + 2)).view(4, R + 2), "starts": torch.full((4,), 2), "lens": lens,
+             "resp": torch.zeros(4, R, dtype=torch.long), "mask": (torch.arange(R)[None] < lens[:, None]).float()}
+    fn = lambda mb: mb["seqs"][:, 2:].float() * mb["mask"]  # each row's own values, trimmed by take()
+    want = batch["seqs"][:, 2:].float() * batch["mask"]
+    for chunks in (torch.arange(4).split(2), torch.argsort(lens).split(3), torch.tensor([3, 0, 2, 1]).split(1)):
+        assert torch.equal(rl.forward_chunks(fn, batch, chunks), want)
+
+
 def test_micro_batch_size_does_not_change_the_update(tiny, tmp_path):
     w = []
     for mb in ("32", "3"):
@@ -284,6 +296,7 @@ def test_micro_batch_size_does_not_change_the_update(tiny, tmp_path):
                              "--loss-agg", "seq-mean-token-mean", "--kl", "0.1"),
                        reward_fn=yes_reward(tiny), prompts=PROMPTS)
         w.append(res["model"].lm_head.weight.detach().clone())
+        assert res["train"][-1]["kl"] is not None  # beta 0.1: the reference is built and the KL logged
     # equal up to float rounding (that Adam amplifies on near-zero gradients); an update is about 1e-2
     assert (w[0] - w[1]).abs().max().item() < 1e-5
 
