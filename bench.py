@@ -12,7 +12,8 @@ What it measures (each against a reference measured in the same process, runs al
 - on CUDA, the MFU of the 150m preset at its paper batch shape (512 x 2048 per step; bf16, torch.compile,
   flash attention), with its peak memory
 - generation new tokens/s of model.generate vs transformers' generate (its KV cache), greedy, 128 new tokens,
-  no end-of-text, at batch 1, 8 and 64 (8 prompts x 8 samples), with the outputs compared token by token
+  no end-of-text, at batch 1, 8 and 64 (8 prompts x 8 samples), with the outputs compared token by token;
+  at batch 64 also a ceiling: ours with every decoding step's attention skipped (what the rest of a step costs)
 - sandbox grading programs/s on rendered tinygsm outputs vs the paper's in-process exec of the same programs
 - one RL step of the toy preset (rl.py's own phase timings: generation / reward / log-probs / update)
 Memory: the peak growth above the level at the start of each measurement (CPU: resident set size, via
@@ -42,6 +43,9 @@ from common import UserError, main_guard, pick_device, set_threads
 from model import GPT, GPTConfig, PRESETS, estimate_mfu, save_checkpoint
 
 GEN_BATCHES = (1, 8, 64)
+# --mfu-attention: torch.nn.attention.SDPBackend member names (looked up only on CUDA); auto = every backend
+SDPA_BACKENDS = {"flash": ["FLASH_ATTENTION"], "cudnn": ["CUDNN_ATTENTION"], "efficient": ["EFFICIENT_ATTENTION"],
+                 "auto": ["FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]}
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,11 +66,16 @@ def get_args(argv=None):
                                                                                 "section trains (bf16, compile, flash)")
     p.add_argument("--mfu-micro", type=int, default=0, help="micro-batch of the MFU section (default: 16 for 150m, "
                                                             "8 for 1b; accumulation fills the paper's 512 sequences)")
+    p.add_argument("--mfu-attention", default="flash", choices=sorted(SDPA_BACKENDS),
+                   help="SDPA backend of the MFU section: flash (the default), cudnn, efficient, or auto (SDPA picks)")
+    p.add_argument("--mfu-compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode of the MFU section (max-autotune searches matmul configs: slow to compile)")
     p.add_argument("--rl-ckpt", default=None, help="checkpoint for the RL step (default: out/pretrain-toy/ckpt.pt "
                                                    "when it exists, else random toy weights)")
     p.add_argument("--sections", default="train,mfu,gen,sandbox,rl", help="comma-separated subset to run")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops for our train step and "
-                                                          "for both generators at batch 64")
+                                                          "for both generators at batch 64; on CUDA also the GPU "
+                                                          "kernels of the compiled MFU step")
     p.add_argument("--json-out", default=None, help="also write the JSON object to this file")
     args = p.parse_args(argv)
     if args.mfu_micro < 0:
@@ -242,11 +251,11 @@ def bench_mfu(args, device):
     torch.manual_seed(0)
     model = GPT(cfg, verbose=False).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    cmodel = torch.compile(model)
+    cmodel = torch.compile(model, mode=args.mfu_compile_mode)
     from torch.nn.attention import SDPBackend, sdpa_kernel
     x = torch.randint(0, cfg.vocab_size, (micro, T + 1), device=device)
-
-    backend = [SDPBackend.FLASH_ATTENTION]
+    attention = args.mfu_attention
+    backend = [getattr(SDPBackend, b) for b in SDPA_BACKENDS[attention]]
 
     def step(n):
         for _ in range(n):
@@ -259,14 +268,23 @@ def bench_mfu(args, device):
 
     try:
         tc, _ = timed(lambda: step(2), device)  # compile + warm-up
-    except RuntimeError as e:  # no flash kernel for this GPU/dtype: let SDPA choose, and say so
-        print(f"[bench] flash attention unavailable ({str(e).splitlines()[0][:120]}); SDPA's default", file=sys.stderr)
-        backend = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                   SDPBackend.MATH]
+    except RuntimeError as e:  # no such kernel for this GPU/dtype: let SDPA choose, and say so
+        if attention == "auto":
+            raise
+        print(f"[bench] {attention} attention unavailable ({str(e).splitlines()[0][:120]}); SDPA's default",
+              file=sys.stderr)
+        attention, backend = "auto", [getattr(SDPBackend, b) for b in SDPA_BACKENDS["auto"]]
         torch._dynamo.reset()
         opt.zero_grad(set_to_none=True)
         tc, _ = timed(lambda: step(2), device)
     step(2)
+    if args.profile:  # where a compiled step's GPU time goes, by kernel
+        from torch.profiler import ProfilerActivity, profile as prof
+        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            step(2)
+            torch.cuda.synchronize()
+        print(f"\n==== profile: {name} MFU step (2 micro-batches of {micro} x {T}), GPU kernels")
+        print(p.key_averages().table(sort_by="self_device_time_total", row_limit=25))
     torch.cuda.reset_peak_memory_stats()
     dt, _ = timed(lambda: step(accum), device)
     tps = accum * micro * T / dt
@@ -275,7 +293,7 @@ def bench_mfu(args, device):
     return {f"mfu_{name}": round(estimate_mfu(cfg, tps, T) or 0, 4) or None, f"mfu_{name}_tokens_per_s": r1(tps),
             f"mfu_{name}_peak_mb": r1(peak), f"mfu_{name}_compile_s": round(tc, 1),
             f"mfu_{name}_shape": f"{accum}x{micro}x{T} (accum x micro x seq)", "mfu_device": torch.cuda.get_device_name(),
-            "mfu_attention": "flash" if len(backend) == 1 else "sdpa-default"}
+            "mfu_attention": attention, "mfu_compile_mode": args.mfu_compile_mode}
 
 
 # ---------------------------------------------------------------- generation throughput
@@ -299,6 +317,21 @@ def hf_generate(model, prompts, n_new, samples, device):
     return out[:, P:].tolist()
 
 
+@contextlib.contextmanager
+def decode_attention_skipped():
+    """A ceiling, not a result: every one-query attention call (a decoding step) returns its query unread, so
+    what remains is the matmuls and small ops around it. Outputs are meaningless; only the speed is read."""
+    real = F.scaled_dot_product_attention
+
+    def skip(q, k, v, *a, **kw):
+        return q.clone() if q.size(-2) == 1 else real(q, k, v, *a, **kw)
+    F.scaled_dot_product_attention = skip  # model.py calls it through torch.nn.functional
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = real
+
+
 def bench_generate(args, cfg, device, dtype):
     n_new = 8 if args.smoke else 128
     gdtype = torch.bfloat16 if str(device).startswith("cuda") else dtype
@@ -314,17 +347,24 @@ def bench_generate(args, cfg, device, dtype):
             ps = prompts[:B // k]
             fns = {"ours": lambda n, ps=ps, k=k: ours.generate(ps, n, temperature=0, num_samples=k),
                    "hf": lambda n, ps=ps, k=k: hf_generate(theirs, ps, n, k, device)}
+            if B == 64:  # how fast ours could be if decoding's attention cost nothing (see the README)
+                def ceiling(n, ps=ps, k=k):
+                    with decode_attention_skipped():
+                        return ours.generate(ps, n, temperature=0, num_samples=k)
+                fns["ceiling"] = ceiling
             for fn in fns.values():  # warm-up: a few tokens each
                 fn(4)
-            rates, outs, mem = {"ours": [], "hf": []}, {}, {"ours": 0.0, "hf": 0.0}
+            rates, outs, mem = {k2: [] for k2 in fns}, {}, {k2: 0.0 for k2 in fns}
             for r in range(reps):
-                for name in (("ours", "hf") if r % 2 == 0 else ("hf", "ours")):
+                for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
                     with PeakMemory(device) as pm:
                         dt, outs[name] = timed(lambda: fns[name](n_new), device)
                     rates[name].append(B * n_new / dt)
                     mem[name] = max(mem[name], pm.mb)
             assert all(len(o) == B and all(len(row) == n_new for row in o) for o in outs.values())
             tps = {k2: statistics.median(v) for k2, v in rates.items()}
+            if "ceiling" in tps:
+                res[f"gen_ratio_vs_hf_b{B}_attention_skipped"] = ratio(tps["ceiling"], tps["hf"])
             res.update({f"gen_tokens_per_s_ours_b{B}": r1(tps["ours"]), f"gen_tokens_per_s_hf_b{B}": r1(tps["hf"]),
                         f"gen_ratio_vs_hf_b{B}": ratio(tps["ours"], tps["hf"]),
                         f"gen_mismatches_b{B}": sum(a != b for a, b in zip(outs["ours"], outs["hf"])),
@@ -452,6 +492,9 @@ def table(res):
                          f(res[f"gen_tokens_per_s_ours_b{B}"]), f(res[f"gen_tokens_per_s_hf_b{B}"]),
                          f(res[f"gen_ratio_vs_hf_b{B}"], "x"),
                          f"{f(res[f'gen_peak_mb_ours_b{B}'])} / {f(res[f'gen_peak_mb_hf_b{B}'])}"))
+        if res.get(f"gen_ratio_vs_hf_b{B}_attention_skipped") is not None:
+            rows.append(("  ceiling: the same with decoding's attention skipped", "-", "-",
+                         f(res[f"gen_ratio_vs_hf_b{B}_attention_skipped"], "x"), ""))
     if "sandbox_programs_per_s" in res:
         rows.append((f"sandbox programs/s ({res['sandbox_programs']} tinygsm; ref = in-process exec)",
                      f(res["sandbox_programs_per_s"]), f(res["sandbox_exec_programs_per_s"]),

@@ -20,6 +20,7 @@ KEYS = ["train_tokens_per_s_ours", "train_tokens_per_s_hf", "train_ratio_vs_hf",
         "grade_texts_per_s", "rl_generate_s", "rl_reward_s", "rl_logprobs_s", "rl_update_s", "rl_step_s", "rl_peak_mb"]
 KEYS += [f"{k}_b{b}" for b in (1, 8, 64) for k in ("gen_ratio_vs_hf", "gen_tokens_per_s_ours", "gen_tokens_per_s_hf",
                                                     "gen_mismatches", "gen_peak_mb_ours", "gen_peak_mb_hf")]
+KEYS += ["gen_ratio_vs_hf_b64_attention_skipped"]
 
 
 def test_smoke_run_prints_a_table_and_a_json_line_with_every_key(tmp_path):
@@ -46,3 +47,28 @@ def test_bad_flags_are_one_line():
     r = subprocess.run([sys.executable, "bench.py", "--smoke", "--sections", "train,bogus"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: unknown --sections ['bogus']"]
+    r = subprocess.run([sys.executable, "bench.py", "--mfu-attention", "fast"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--mfu-attention" in r.stderr
+
+
+def test_ceiling_skips_only_decoding_attention_and_restores_it():
+    import torch
+    import torch.nn.functional as F
+    import bench
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=101, n_layer=2, n_head=4, n_embd=32, block_size=64), verbose=False).eval()
+    real = F.scaled_dot_product_attention
+    q, k = torch.randn(2, 4, 1, 8), torch.randn(2, 4, 5, 8)
+    with bench.decode_attention_skipped():
+        assert torch.equal(F.scaled_dot_product_attention(q, k, k), q)  # one query: returned unread
+        full = torch.randn(2, 4, 5, 8)
+        assert torch.equal(F.scaled_dot_product_attention(full, k, k), real(full, k, k))  # prefill untouched
+        skipped = m.generate([[1, 2, 3]], 8, temperature=0)
+    assert F.scaled_dot_product_attention is real
+    assert len(skipped[0]) == 8 and skipped != m.generate([[1, 2, 3]], 8, temperature=0)
+    with pytest.raises(RuntimeError):
+        with bench.decode_attention_skipped():
+            raise RuntimeError("boom")
+    assert F.scaled_dot_product_attention is real
