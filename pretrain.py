@@ -122,6 +122,11 @@ def resolve(args):
     for name in ("batch_size", "total_batch_size", "block_size", "eval_iters"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    for k in ("vocab_size", "n_layer", "n_head", "n_embd"):
+        if mcfg[k] <= 0:
+            raise UserError(f"--{k.replace('_', '-')} must be positive, got {mcfg[k]}")
+    if mcfg.get("mlp_hidden", 0) < 0:
+        raise UserError(f"--mlp-hidden must be >= 0 (0 = 4 x n_embd), got {mcfg['mlp_hidden']}")
     if mcfg["n_embd"] % mcfg["n_head"] or (mcfg["n_embd"] // mcfg["n_head"]) % 2:
         raise UserError(f"--n-embd {mcfg['n_embd']} must split into --n-head {mcfg['n_head']} heads of even size")
     if args.max_iters < 0 or args.warmup_iters < 0:

@@ -321,7 +321,7 @@ def get_args(argv=None):
     p = Parser(description="RL post-training (PPO, GRPO, Expert Iteration) of a pretrained checkpoint. With no "
                            "flags: the toy echo chamber, GRPO from out/pretrain-toy/ckpt.pt on the synthetic RL "
                            "prompts, on a CPU in minutes (GRPO: no critic, the cheapest step, and it shows the "
-                           "collapse in ~40 steps). Flags left unset take the --preset's value.",
+                           "collapse in its 30 steps). Flags left unset take the --preset's value.",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--algo", default=None, choices=ALGOS, help="ppo | grpo | ei (default: grpo for toy, ppo for 150m/1b)")

@@ -85,6 +85,8 @@ def test_torchrun_two_processes_match_one(tmp_path, data_dir):
     (["--mix", "syn-omi1:-2"], "weight"),
     (["--batch-size", "3", "--total-batch-size", "8"], "multiple"),
     (["--n-embd", "30", "--n-head", "4"], "n-head"),
+    (["--mlp-hidden", "-4"], "--mlp-hidden"),
+    (["--n-layer", "0"], "--n-layer"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--batch-size", "0"], ""),
 ])
 def test_bad_flags_give_one_line_errors(tmp_path, data_dir, flags, needle):
