@@ -13,7 +13,9 @@ What it measures (each against a reference measured in the same process, runs al
   flash attention), with its peak memory
 - generation new tokens/s of model.generate vs transformers' generate (its KV cache), greedy, 128 new tokens,
   no end-of-text, at batch 1, 8 and 64 (8 prompts x 8 samples), with the outputs compared token by token;
-  at batch 64 also a ceiling: ours with every decoding step's attention skipped (what the rest of a step costs)
+  at batch 64 also a ceiling: ours with every decoding step's attention skipped (what the rest of a step costs).
+  On CUDA instead (bench_generate_static): bf16, 256 new tokens, batch 512, 64 and 1; ours static (CUDA graphs)
+  and dynamic vs transformers' static cache + torch.compile; ms/step, capture time, host syncs per 100 steps
 - sandbox grading programs/s on rendered tinygsm outputs vs the paper's in-process exec of the same programs
 - one RL step of the toy preset (rl.py's own phase timings: generation / reward / log-probs / update)
 Memory: the peak growth above the level at the start of each measurement (CPU: resident set size, via
@@ -305,7 +307,8 @@ def gen_prompts(cfg, n):
     return [tok.encode(prompt_text(p["question"])) for p in problems("test", n)]
 
 
-def hf_generate(model, prompts, n_new, samples, device):
+def hf_generate(model, prompts, n_new, samples, device, **kw):
+    """kw: more generate() options (cache_implementation="static": its static cache, compiled on CUDA)."""
     rows = [p for p in prompts for _ in range(samples)]  # what num_return_sequences does: prefill every row
     P = max(map(len, rows))
     ids = torch.zeros(len(rows), P, dtype=torch.long)
@@ -313,7 +316,7 @@ def hf_generate(model, prompts, n_new, samples, device):
     for i, p in enumerate(rows):
         ids[i, P - len(p):], mask[i, P - len(p):] = torch.tensor(p), 1
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n_new,
-                         do_sample=False, pad_token_id=0)
+                         do_sample=False, pad_token_id=0, **kw)
     return out[:, P:].tolist()
 
 
@@ -333,6 +336,8 @@ def decode_attention_skipped():
 
 
 def bench_generate(args, cfg, device, dtype):
+    if str(device).startswith("cuda"):
+        return bench_generate_static(args, cfg, device)
     n_new = 8 if args.smoke else 128
     gdtype = torch.bfloat16 if str(device).startswith("cuda") else dtype
     ours, theirs = build_pair(cfg, device, gdtype)
@@ -372,6 +377,103 @@ def bench_generate(args, cfg, device, dtype):
     res["gen_new_tokens"] = n_new
     res["gen_prompt_tokens"] = [min(map(len, prompts)), max(map(len, prompts))]
     return res
+
+
+# (rows, samples per prompt): 64 x 8, 8 x 8, 1; the largest first, so that a run cut short by its timeout
+# still has it (each row is also printed to stderr as it is measured)
+GEN_BATCHES_CUDA = ((512, 8), (64, 8), (1, 1))
+GEN_IMPLS = ("static", "hf_static", "dynamic")
+
+
+class SyncCounter:
+    """Host syncs inside the block (CUDA's sync debug mode warns at each: .item(), .tolist(), nonzero, ...)."""
+
+    def __enter__(self):
+        import warnings
+        self.n, self.cuda = 0, torch.cuda.is_available()
+        self.rec = warnings.catch_warnings(record=True)
+        self.log = self.rec.__enter__()
+        warnings.simplefilter("always")
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode(0)
+        self.rec.__exit__(*exc)
+        self.n = sum("synchroniz" in str(w.message) for w in self.log) if self.cuda else None
+
+
+def bench_generate_static(args, cfg, device, n_new=None, batches=GEN_BATCHES_CUDA):
+    """The GPU generation rows (issue 19): bf16 weights (no autocast), greedy, n_new new tokens (256), no
+    end-of-text, at batch 1, 64 and 512. Ours on the static path (StaticDecoder, CUDA graphs) and on the dynamic
+    one, and transformers' generate with its static cache (which it compiles on CUDA, reduce-overhead). Per row:
+    ms per step (a call's wall time over its steps, prefill included), new tokens/s, the first call's time (it
+    captures or compiles), our capture time, peak memory (growth over both calls) and host syncs per 100 steps
+    (of the timed call). Runs on the CPU too (eager, no graph, no sync count) so the plumbing can be checked."""
+    import model as M
+    n_new = n_new or (16 if args.smoke else 256)
+    ours, theirs = build_pair(cfg, device, torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    ours.eval()
+    theirs.generation_config.eos_token_id = None
+    prompts = gen_prompts(cfg, max(b // k for b, k in batches))
+    res = {"gen_new_tokens": n_new, "gen_prompt_tokens": [min(map(len, prompts)), max(map(len, prompts))]}
+    with torch.no_grad():
+        for B, k in batches:
+            ps, outs = prompts[:B // k], {}
+            fns = {"static": lambda n, ps=ps, k=k: ours.generate(ps, n, temperature=0, num_samples=k, static=True),
+                   "hf_static": lambda n, ps=ps, k=k: hf_generate(theirs, ps, n, k, device,
+                                                                  cache_implementation="static"),
+                   "dynamic": lambda n, ps=ps, k=k: ours.generate(ps, n, temperature=0, num_samples=k, static=False)}
+            for name in GEN_IMPLS:
+                key = f"gen_{name}_b{B}"
+                try:
+                    dec = M._DECODERS.get(ours)
+                    cap0 = dec.capture_s if dec is not None else 0.0
+                    with PeakMemory(device) as pm:
+                        # the static paths warm up at full length (a new length recompiles / recaptures)
+                        first, _ = timed(lambda: fns[name](n_new if name != "dynamic" else 4), device)
+                        syncs = SyncCounter()
+
+                        def counted(name=name, syncs=syncs):  # inside timed(): its own synchronize is not counted
+                            with syncs:
+                                return fns[name](n_new)
+                        dt, outs[name] = timed(counted, device)
+                except Exception as e:  # one failing implementation must not hide the others' numbers
+                    print(f"[gen] {key}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+                    res[f"{key}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                    continue
+                dec = M._DECODERS.get(ours)
+                row = {"ms_per_step": round(1e3 * dt / n_new, 3), "tokens_per_s": r1(B * n_new / dt),
+                       "first_call_s": round(first, 2), "peak_mb": r1(pm.mb),
+                       "syncs_per_100_steps": None if syncs.n is None else round(100 * syncs.n / n_new, 1)}
+                if name == "static":
+                    row["capture_s"] = round(dec.capture_s - cap0, 3) if dec is not None else None
+                res.update({f"{key}_{m}": v for m, v in row.items()})
+                print(f"[gen] {key}: " + ", ".join(f"{m} {v}" for m, v in row.items()), file=sys.stderr, flush=True)
+            for a, b in (("static", "hf_static"), ("static", "dynamic")):
+                if a in outs and b in outs:
+                    res[f"gen_ratio_{a}_vs_{b}_b{B}"] = ratio(res[f"gen_{a}_b{B}_tokens_per_s"],
+                                                              res[f"gen_{b}_b{B}_tokens_per_s"])
+                    res[f"gen_mismatches_{a}_{b}_b{B}"] = sum(x != y for x, y in zip(outs[a], outs[b]))
+            assert all(len(o) == B and all(len(r) == n_new for r in o) for o in outs.values())
+    return res
+
+
+def static_gen_rows(res, f):
+    """Table rows of bench_generate_static."""
+    rows = []
+    for B, _ in GEN_BATCHES_CUDA:
+        for name in GEN_IMPLS:
+            key = f"gen_{name}_b{B}"
+            if f"{key}_tokens_per_s" in res:
+                ref = res.get(f"gen_ratio_static_vs_{name}_b{B}") if name != "static" else None
+                rows.append((f"generate b{B} {name}: {res[key + '_ms_per_step']} ms/step, first call "
+                             f"{res[key + '_first_call_s']} s, syncs/100 steps {res[key + '_syncs_per_100_steps']}",
+                             f(res[f"{key}_tokens_per_s"]), "-", "-" if ref is None else f"static {f(ref, 'x')}",
+                             f(res[f"{key}_peak_mb"])))
+    return rows
 
 
 # ---------------------------------------------------------------- sandbox grading
@@ -495,6 +597,7 @@ def table(res):
         if res.get(f"gen_ratio_vs_hf_b{B}_attention_skipped") is not None:
             rows.append(("  ceiling: the same with decoding's attention skipped", "-", "-",
                          f(res[f"gen_ratio_vs_hf_b{B}_attention_skipped"], "x"), ""))
+    rows += static_gen_rows(res, f)  # CUDA generation (issue 19)
     if "sandbox_programs_per_s" in res:
         rows.append((f"sandbox programs/s ({res['sandbox_programs']} tinygsm; ref = in-process exec)",
                      f(res["sandbox_programs_per_s"]), f(res["sandbox_exec_programs_per_s"]),

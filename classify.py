@@ -23,12 +23,12 @@ also runs in the sandbox, so a pathological expression can neither hang nor cras
 timeouts use SIGALRM, which only works in the main thread; they are switched off there). GSM8K gold
 "... #### 18" is accepted as it is.
 """
-import argparse
 import ast
 import json
 import os
 import re
 import textwrap
+from collections import Counter
 from fractions import Fraction
 
 import sandbox
@@ -357,6 +357,31 @@ def summarize(results, rule="strict"):
             "accuracy": right / graded if graded else None}
 
 
+def format_labels(records):
+    """The label set of the records' rule: classify.FORMATS (strict), or PAPER_FORMATS for --rule paper."""
+    seen = {r["format"] for r in records}
+    return list(PAPER_FORMATS) if seen and seen <= set(PAPER_FORMATS) else list(FORMATS)
+
+
+def format_metrics(records, formats=None):
+    """
+    (shares, accuracy) over a list of outputs, each with "format" and "correct".
+    shares: {fmt: fraction of outputs in fmt} for every label (classify.FORMATS, or the paper rule's labels),
+    0.0 when absent; accuracy: {fmt: fraction correct among the outputs in fmt, or None when there are none}.
+    A label outside the set counts as the last one ("other").
+    """
+    formats = formats or format_labels(records)
+    count, right = Counter(), Counter()
+    for r in records:
+        f = r["format"] if r["format"] in formats else formats[-1]
+        count[f] += 1
+        right[f] += bool(r["correct"])
+    total = sum(count.values())
+    shares = {f: (count[f] / total if total else 0.0) for f in formats}
+    accuracy = {f: (right[f] / count[f] if count[f] else None) for f in formats}
+    return shares, accuracy
+
+
 def format_table(summary):
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
     rows = [("format", "count", "share", "graded", "accuracy")]
@@ -368,8 +393,8 @@ def format_table(summary):
 
 
 def _main(argv=None):
-    from common import UserError, read_jsonl
-    ap = argparse.ArgumentParser(description="Format shares and per-format accuracy of the outputs in a JSONL file.")
+    from common import ArgParser, UserError, read_jsonl
+    ap = ArgParser(description="Format shares and per-format accuracy of the outputs in a JSONL file.")
     ap.add_argument("file", help="JSONL, one output per line")
     ap.add_argument("--field", default="response", help="the field holding the model output")
     ap.add_argument("--gold-field", default="gold", help="the gold answer's field (rows without one are not graded)")

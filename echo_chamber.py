@@ -17,23 +17,21 @@ What it runs, each stage a script you can also run alone (the commands are print
   4. a table of each format's share and accuracy, before and after, and the checks the echo chamber predicts,
      printed and written to <out>/<rl>/result.json.
 """
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 
-from common import UserError, main_guard, atomic_write_json, read_jsonl
+from classify import FORMATS
+from common import ArgParser, UserError, main_guard, atomic_write_json, read_jsonl, text_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FORMATS = ["tinygsm", "omi1", "omi2", "other"]
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="The echo chamber at toy scale: pretrain, RL, evaluate before and "
-                                            "after, print and plot.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgParser(description="The echo chamber at toy scale: pretrain, RL, evaluate before and after, print and "
+                              "plot.")
     p.add_argument("--seed", type=int, default=1337, help="seed of pretraining (data, init) and RL")
     p.add_argument("--out-dir", default=None, help="default out/echo-seed<seed>")
     p.add_argument("--algo", default="grpo", choices=["grpo", "ppo", "ei"], help="RL algorithm")
@@ -66,14 +64,11 @@ def load_json(path):
 
 
 def table(title, before, after):
-    lines = [title, f"{'format':<10}{'share before':>14}{'acc before':>12}{'share after':>13}{'acc after':>11}"]
-    for f in FORMATS:
-        sb, ab = before["format_shares"].get(f, 0.0), before["format_accuracy"].get(f)
-        sa, aa = after["format_shares"].get(f, 0.0), after["format_accuracy"].get(f)
-        pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
-        lines.append(f"{f:<10}{pct(sb):>14}{pct(ab):>12}{pct(sa):>13}{pct(aa):>11}")
-    lines.append(f"{'pass@1':<10}{'':>14}{100 * before['pass@1']:>11.1f}%{'':>13}{100 * after['pass@1']:>10.1f}%")
-    return "\n".join(lines)
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
+    rows = [[f, pct(before["format_shares"].get(f, 0.0)), pct(before["format_accuracy"].get(f)),
+             pct(after["format_shares"].get(f, 0.0)), pct(after["format_accuracy"].get(f))] for f in FORMATS]
+    rows.append(["pass@1", "", pct(before["pass@1"]), "", pct(after["pass@1"])])
+    return title + "\n" + text_table(["format", "share before", "acc before", "share after", "acc after"], rows)
 
 
 @main_guard

@@ -27,7 +27,6 @@ compare.json and compare.png.
 rl.py calls run_eval() in-process; the metrics are small pure functions (pass_at_k, majority_vote,
 format_metrics, summarize) pinned by tests/test_evaluate.py.
 """
-import argparse
 import glob
 import json
 import math
@@ -40,7 +39,9 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
-from common import UserError, atomic_write_bytes, atomic_write_json, check_out_dir, main_guard, pick_device, \
+from classify import format_labels, format_metrics  # one implementation of format shares, used everywhere
+
+from common import ArgParser, UserError, atomic_write_bytes, atomic_write_json, check_out_dir, main_guard, pick_device, \
     seed_everything, set_threads
 
 
@@ -85,32 +86,6 @@ def majority_vote(answers):
         return None
     # max() keeps the first maximal key, and a Counter iterates in first-insertion order
     return first[max(counts, key=counts.get)]
-
-
-def format_labels(records):
-    """The label set of the records' rule: classify.FORMATS (strict), or PAPER_FORMATS for --rule paper."""
-    from classify import FORMATS, PAPER_FORMATS
-    seen = {r["format"] for r in records}
-    return list(PAPER_FORMATS) if seen and seen <= set(PAPER_FORMATS) else list(FORMATS)
-
-
-def format_metrics(records, formats=None):
-    """
-    (shares, accuracy) over a list of outputs, each with "format" and "correct".
-    shares: {fmt: fraction of outputs in fmt} for every label (classify.FORMATS, or the paper rule's labels),
-    0.0 when absent; accuracy: {fmt: fraction correct among the outputs in fmt, or None when there are none}.
-    A label outside the set counts as the last one ("other").
-    """
-    formats = formats or format_labels(records)
-    count, right = Counter(), Counter()
-    for r in records:
-        f = r["format"] if r["format"] in formats else formats[-1]
-        count[f] += 1
-        right[f] += bool(r["correct"])
-    total = sum(count.values())
-    shares = {f: (count[f] / total if total else 0.0) for f in formats}
-    accuracy = {f: (right[f] / count[f] if count[f] else None) for f in formats}
-    return shares, accuracy
 
 
 def _ks(n):
@@ -187,7 +162,7 @@ def run_eval(model, tokenizer, records, n=1, temperature=0.7, top_p=0.95, max_ne
     are skipped and listed in summary["skipped_ids"]. The model is left in the mode it came in.
     """
     from classify import analyze_batch
-    from data import prompt_text
+    from data import encode_prompts, prompt_text
 
     model = getattr(model, "module", model)  # a DDP-wrapped model generates through its module
     if n < 1:
@@ -200,7 +175,7 @@ def run_eval(model, tokenizer, records, n=1, temperature=0.7, top_p=0.95, max_ne
     ctx_len = model.config.block_size
     device = next(model.parameters()).device
     prompts = [prompt_text(r["question"]) for r in records]
-    tokens = tokenizer.encode_batch(prompts) if prompts else []
+    tokens = encode_prompts(tokenizer, [r["question"] for r in records])
     fits = [i for i in range(len(records)) if 0 < len(tokens[i]) < ctx_len]
     fit_set = set(fits)
     skipped = [records[i]["id"] for i in range(len(records)) if i not in fit_set]
@@ -361,6 +336,31 @@ def plot_compare(rows, path, title=""):
 
 
 # ---------------------------------------------------------------- checkpoints
+def plot_formats(eval_records, path):
+    """rl.py's formats.png: stacked greedy format shares over RL steps, with greedy (and sampled) pass@1 on top."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    recs = sorted(eval_records, key=lambda r: r["step"])
+    if not recs:
+        return
+    steps = [r["step"] for r in recs]
+    formats = list(dict.fromkeys(f for r in recs for f in r["format_shares"]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.stackplot(steps, [[r["format_shares"].get(f, 0.0) for r in recs] for f in formats], labels=formats, alpha=0.6)
+    ax.plot(steps, [r["pass@1"] or 0.0 for r in recs], "k-o", ms=3, label="pass@1 (greedy)")
+    if all("sampled" in r for r in recs):
+        ax.plot(steps, [r["sampled"]["pass@1"] for r in recs], "k--", label="pass@1 (sampled)")
+    ax.set(xlabel="RL step", ylabel="share of outputs / pass@1", ylim=(0, 1), xlim=(steps[0], max(steps[-1], steps[0] + 1)),
+           title="format shares (greedy) on the held-out set")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def expand_ckpts(paths):
     """--ckpt values -> [(path, from_run_dir)]: a directory means its ckpt-step*.pt by step, then its ckpt.pt."""
     out = []
@@ -442,9 +442,8 @@ DEFAULT_CKPT = os.path.join("out", "pretrain-toy", "ckpt.pt")
 
 def get_args(argv=None):
     from data import BENCHMARKS
-    p = argparse.ArgumentParser(description="Evaluate checkpoints on a benchmark: pass@1 / pass@k / maj@n and "
-                                            "per-format shares and accuracy.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgParser(description="Evaluate checkpoints on a benchmark: pass@1 / pass@k / maj@n and per-format shares "
+                              "and accuracy.")
     p.add_argument("--ckpt", nargs="+", default=[DEFAULT_CKPT],
                    help="checkpoint file(s), or run dir(s) meaning their ckpt-step*.pt and ckpt.pt; several give a "
                         "comparison table and PNG. The default is the toy pretrain checkpoint (pass out/rl-toy/ckpt.pt "

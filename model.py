@@ -10,6 +10,8 @@ of ops, not FLOPs, sets the speed.
 """
 import math
 import os
+import time
+import weakref
 from dataclasses import dataclass, fields
 
 import torch
@@ -41,16 +43,37 @@ class GPTConfig:
             raise ValueError("head size must be even for RoPE")
 
 
-# the paper's two sizes plus a toy that learns the three formats on a 2-core CPU in minutes: ../shared/TOY.md's
-# model (d 192, 4 layers, 6 heads, SwiGLU 512, vocab 2049: 2.56M parameters). Vocab 2049 rather than 4096 because
-# the vocabulary projection was a third of the toy's FLOPs (1.3x the tokens/s, measured); context 320 so that
-# every document and every harder-set answer fits (a 3-step tinygsm solution runs to ~300 tokens).
-PRESETS = {
-    "toy": dict(vocab_size=2049, n_layer=4, n_head=6, n_embd=192, block_size=320, tie_embeddings=False,
-                mlp_hidden=512),
-    "150m": dict(vocab_size=32768, n_layer=12, n_head=12, n_embd=768, block_size=2048, tie_embeddings=False),
-    "1b": dict(vocab_size=32768, n_layer=16, n_head=16, n_embd=2048, block_size=2048, tie_embeddings=True),
-}
+# the model shapes of each preset live with every other preset in presets.py (toy, 150m, 1b)
+from presets import MODEL as PRESETS  # noqa: E402
+
+
+# bf16 activations without autocast: inside `with forward_dtype(torch.bfloat16):` the forward runs in bf16 end to
+# end (every Linear casts its fp32 weight as it uses it), while parameters, gradients and AdamW's states stay fp32.
+# Autocast does the same for the matmuls only and pays a dispatch per op; this is how nanochat moved off it.
+_FORWARD_DTYPE = None  # None: activations follow the weights' dtype
+
+
+class forward_dtype:
+    """Context manager (reusable, like torch.autocast, so pretrain.py's `with ctx:` takes either)."""
+
+    def __init__(self, dtype=torch.bfloat16):
+        self.dtype = dtype
+
+    def __enter__(self):
+        global _FORWARD_DTYPE
+        self.prev, _FORWARD_DTYPE = _FORWARD_DTYPE, self.dtype
+
+    def __exit__(self, *exc):
+        global _FORWARD_DTYPE
+        _FORWARD_DTYPE = self.prev
+
+
+class Linear(nn.Linear):
+    """nn.Linear that casts its weight to the input's dtype when the two differ; when they match it is nn.Linear."""
+
+    def forward(self, x):
+        w = self.weight
+        return F.linear(x, w if w.dtype == x.dtype else w.to(x.dtype))
 
 
 def norm(x):
@@ -80,8 +103,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x, cos, sin, cache=None, pos=0, mask=None):
         B, T, C = x.shape
@@ -90,7 +113,14 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
+        if cache is not None and torch.is_tensor(pos):
+            # static decoding (StaticDecoder): the cache is a fixed-length view and pos a slot held on the device,
+            # so nothing here changes from step to step; the mask hides the slots not written yet
+            kc, vc = cache
+            kc.index_copy_(2, pos, k)
+            vc.index_copy_(2, pos, v)
+            k, v = kc, vc
+        elif cache is not None:
             # write this step's keys/values into the preallocated cache, attend to everything so far
             kc, vc = cache
             kc[:, :, pos:pos + T] = k
@@ -113,8 +143,8 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.hidden = config.mlp_hidden
-        self.gate_up = nn.Linear(config.n_embd, 2 * config.mlp_hidden, bias=False)  # [gate; up]
-        self.down = nn.Linear(config.mlp_hidden, config.n_embd, bias=False)
+        self.gate_up = Linear(config.n_embd, 2 * config.mlp_hidden, bias=False)  # [gate; up]
+        self.down = Linear(config.mlp_hidden, config.n_embd, bias=False)
 
     def forward(self, x):
         gate, up = self.gate_up(x).split(self.hidden, dim=-1)
@@ -139,7 +169,7 @@ class GPT(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         cos, sin = rope_tables(config.n_embd // config.n_head, config.block_size, config.rope_theta)
@@ -173,6 +203,9 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.block_size})")
             cos, sin = self.rope_cos[None, None, :T], self.rope_sin[None, None, :T]
         x = self.wte(idx)
+        # see forward_dtype; not when generating, whose cache keeps the weights' dtype
+        if _FORWARD_DTYPE is not None and caches is None and x.dtype != _FORWARD_DTYPE:
+            x, cos, sin = x.to(_FORWARD_DTYPE), cos.to(_FORWARD_DTYPE), sin.to(_FORWARD_DTYPE)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, None if caches is None else caches[i], pos, mask)
         return norm(x)
@@ -188,15 +221,18 @@ class GPT(nn.Module):
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, top_k=None, eos_id=None,
-                 num_samples=1, seed=None):
+                 num_samples=1, seed=None, static=None):
         """
         Sample continuations of ragged prompts with a preallocated KV cache.
 
         prompts: list of token-id lists (any lengths). Returns, prompt-major (prompt 0's samples first),
         the NEW tokens of each sample, ending at and including eos_id when it is produced.
         temperature 0 means greedy. A row also stops when it reaches the model's context length.
+        static: None = the static path (StaticDecoder: fixed shapes, CUDA graphs) on CUDA and the dynamic one
+        below on the CPU, where dropping finished rows pays; True / False force one (the CPU runs the static
+        step eagerly, no graphs). The two give the same greedy tokens; seeded samples are reproducible on each.
 
-        How: prompts are left-padded to the longest and prefilled once each; their cache rows are then
+        How (dynamic): prompts are left-padded to the longest and prefilled once each; their cache rows are then
         copied to num_samples rows and decoded together. Padding is masked out of attention and RoPE
         positions start at each prompt's first real token, so a padded row computes what it would alone.
         Rows that finish are dropped from the batch (with their cache) once enough have finished.
@@ -213,6 +249,10 @@ class GPT(nn.Module):
         P, n = max(lens), num_samples
         # no row can go past the context: the shortest prompt bounds how many new tokens anyone can get
         max_new_tokens = min(max_new_tokens, cfg.block_size - min(lens))
+        if static is None:
+            static = device.type == "cuda"
+        if static:
+            return self._generate_static(prompts, max_new_tokens, (temperature, top_k, top_p), eos_id, n, seed)
         gen = None
         if seed is not None:
             gen = torch.Generator(device=device)
@@ -223,27 +263,9 @@ class GPT(nn.Module):
 
         # prefill: unique prompts, left-padded, one forward
         Bp = len(prompts)
-        pad = torch.tensor([P - L for L in lens], device=device)
-        idx = torch.zeros(Bp, P, dtype=torch.long, device=device)
-        for b, p in enumerate(prompts):
-            idx[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
         T_total = P + max_new_tokens
-        H, hd = cfg.n_head, cfg.n_embd // cfg.n_head
-        caches = [(torch.empty(Bp, H, T_total, hd, device=device, dtype=dtype),
-                   torch.empty(Bp, H, T_total, hd, device=device, dtype=dtype)) for _ in range(cfg.n_layer)]
-        ragged = bool((pad > 0).any())
-        ar = torch.arange(P, device=device)
-        pos_ids = (ar[None, :] - pad[:, None]).clamp(min=0)  # (Bp, P) RoPE positions
-        cos, sin = self.rope_cos[pos_ids][:, None], self.rope_sin[pos_ids][:, None]  # (Bp, 1, P, hd)
-        mask = None
-        if ragged:
-            key_ok = ar[None, :] >= pad[:, None]  # (Bp, P) real (non-pad) keys
-            causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-            # a pad query sees the pads before it (an all-False row would give NaN); real queries see real keys
-            mask = causal[None] & (key_ok[:, None, :] | ~key_ok[:, :, None])
-            mask = mask[:, None]  # (Bp, 1, P, P)
-        h = self.hidden_states(idx, cos, sin, caches, 0, mask)
-        logits = self.lm_head(h[:, -1]).float()  # (Bp, V)
+        logits, caches, pad = self._prefill(prompts, T_total, dtype)
+        ragged = min(lens) < P
 
         # share each prompt's cache with its samples: rows prompt-major
         if n > 1:
@@ -291,8 +313,58 @@ class GPT(nn.Module):
         return [row[:k] for row, k in zip(out, n_out)]
 
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=1.0, generator=None):
-    """One token per row from (B, V) logits. temperature 0 = greedy; top_k / top_p (nucleus) filter first."""
+    def _prefill(self, prompts, cache_len, dtype):
+        """Left-pad the prompts to the longest (P) and run them in one forward, writing fresh caches of cache_len
+        slots. Returns the last position's logits (B, V) in fp32, the caches and each prompt's padding."""
+        cfg, device = self.config, self.wte.weight.device
+        lens = [len(p) for p in prompts]
+        Bp, P = len(prompts), max(lens)
+        pad = torch.tensor([P - L for L in lens], device=device)
+        idx = torch.zeros(Bp, P, dtype=torch.long)
+        for b, p in enumerate(prompts):
+            idx[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        idx = idx.to(device)  # built on the host, sent once
+        H, hd = cfg.n_head, cfg.n_embd // cfg.n_head
+        caches = [(torch.empty(Bp, H, cache_len, hd, device=device, dtype=dtype),
+                   torch.empty(Bp, H, cache_len, hd, device=device, dtype=dtype)) for _ in range(cfg.n_layer)]
+        ar = torch.arange(P, device=device)
+        pos_ids = (ar[None, :] - pad[:, None]).clamp(min=0)  # (Bp, P) RoPE positions
+        cos, sin = self.rope_cos[pos_ids][:, None], self.rope_sin[pos_ids][:, None]  # (Bp, 1, P, hd)
+        mask = None
+        if min(lens) < P:
+            key_ok = ar[None, :] >= pad[:, None]  # (Bp, P) real (non-pad) keys
+            causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+            # a pad query sees the pads before it (an all-False row would give NaN); real queries see real keys
+            mask = causal[None] & (key_ok[:, None, :] | ~key_ok[:, :, None])
+            mask = mask[:, None]  # (Bp, 1, P, P)
+        h = self.hidden_states(idx, cos, sin, caches, 0, mask)
+        return self.lm_head(h[:, -1]).float(), caches, pad
+
+    def _generate_static(self, prompts, max_new_tokens, sampler, eos_id, n, seed):
+        device, model = self.wte.weight.device, self
+        if max_new_tokens <= 0:
+            return [[] for _ in range(len(prompts) * n)]
+        if device.type == "cuda" and torch.is_autocast_enabled("cuda") \
+                and torch.get_autocast_dtype("cuda") != self.wte.weight.dtype:
+            # fp32 weights under autocast (evaluate.py): decode with a copy in the autocast dtype, refreshed now,
+            # so that no autocast cast runs inside the captured step
+            dt, model = torch.get_autocast_dtype("cuda"), _COPIES.get(self)
+            if model is None or model.wte.weight.dtype != dt or model.wte.weight.device != device:
+                model = _COPIES[self] = inference_copy(self, dt)
+            refresh_(model, self)
+        gen = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+        P = max(len(p) for p in prompts)
+        with torch.autocast(device.type, enabled=False):
+            logits, caches, pad = model._prefill(prompts, P, model.wte.weight.dtype)
+            dec = StaticDecoder.for_model(model, len(prompts) * n, P + max_new_tokens)
+            return dec.generate(model, logits, caches, pad, n, max_new_tokens, sampler, eos_id, gen)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=1.0, generator=None, noise=None):
+    """One token per row from (B, V) logits. temperature 0 = greedy; top_k / top_p (nucleus) filter first.
+    noise: Exp(1) draws shaped like logits; given, the token is argmax(probs / noise), the race torch.multinomial
+    runs for one sample, but with no host sync (multinomial checks its input with .item()), so a captured step
+    can sample from noise written before it."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
@@ -307,7 +379,178 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=1.0, generator=None):
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
+    if noise is not None:  # the clamp: a 0 draw would make a filtered token's 0 / 0 a NaN, which argmax picks
+        return (probs / noise.clamp(min=1e-30)).argmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+class StaticDecoder:
+    """
+    GPT.generate's static path. A small model's decode step is bound by kernel launches and host syncs, not by
+    the GPU, so every shape here is fixed and the host stays out of the loop: one KV cache allocated once and
+    reused by later calls that fit; per-row state in fixed tensors and a cache slot counter on the device; attention
+    over length buckets with one additive mask a step for all layers (padding and unwritten slots hidden);
+    sampling on the device; "all done?" read every check_every steps, and only then live rows compacted into a
+    smaller batch bucket (a power of two). On CUDA each (batch, length, sampler) step is captured once in a CUDA
+    graph and replayed; on the CPU it runs eagerly, which is how the tests hold it to the dynamic path.
+    """
+    check_every = 16
+    length_bucket = 128
+
+    def __init__(self, model, max_batch, cache_len):
+        cfg, w = model.config, model.wte.weight
+        dev, H, hd = w.device, cfg.n_head, cfg.n_embd // cfg.n_head
+        self.max_batch, self.cache_len, self.block_size, self.dtype = max_batch, cache_len, cfg.block_size, w.dtype
+        self.weights = _weights_key(model)
+        # zeros, not empty: masked slots still meet a 0 weight in attention, and 0 * inf (garbage) would be NaN
+        self.kv = [torch.zeros(2, max_batch, H, cache_len, hd, device=dev, dtype=w.dtype) for _ in range(cfg.n_layer)]
+        # per row (last token, padding, original row, new-token count, done); new tokens by original row and slot;
+        # the cache slot of the token fed in; the eos id
+        self.tok, self.pad, self.rows, self.n_out, self.done = (torch.zeros(max_batch, dtype=dt, device=dev) for dt in
+                                                                [torch.long] * 4 + [torch.bool])
+        self.out = torch.zeros(max_batch, cache_len, dtype=torch.long, device=dev)
+        self.slot, self.eos = torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev)
+        self.noise = torch.ones(max_batch, cfg.vocab_size, device=dev)
+        self.keys = torch.arange(cache_len, device=dev)
+        self.graphs, self.capture_s, self.use_graphs = {}, 0.0, dev.type == "cuda"
+        if self.use_graphs:  # one memory pool for all graphs: they never run at the same time
+            self.pool, self.stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(dev)
+
+    @staticmethod
+    def for_model(model, batch, cache_len):
+        """The model's decoder, reused when it fits; else a new one covering this call and the last."""
+        dec = _DECODERS.get(model)
+        if dec is not None and batch <= dec.max_batch and cache_len <= dec.cache_len \
+                and dec.weights == _weights_key(model):
+            return dec
+        if dec is not None:  # grow, so that alternating shapes do not reallocate every call
+            batch, cache_len = max(batch, dec.max_batch), max(cache_len, dec.cache_len)
+            del _DECODERS[model], dec  # free the old cache and graphs before allocating the new ones
+        lb = StaticDecoder.length_bucket
+        _DECODERS[model] = dec = StaticDecoder(model, batch, -(-cache_len // lb) * lb)
+        return dec
+
+    def generate(self, model, logits, caches, pad, n, max_new, sampler, eos_id, gen):
+        """Decode from a prefill (logits (Bp, V), caches of P slots, pad (Bp,)); returns new-token lists."""
+        Bp, P = logits.size(0), caches[0][0].size(2)
+        B = Bp * n
+        for kv, (k, v) in zip(self.kv, caches):  # each prompt's keys/values to its n rows, prompt-major
+            kv[:, :B, :, :P] = torch.stack((k, v)).repeat_interleave(n, 1)
+        self.pad[:B] = pad.repeat_interleave(n, 0)
+        self.rows[:B] = torch.arange(B, device=self.rows.device)
+        self.done[:B] = False
+        self.n_out.zero_()
+        self.slot.fill_(P - 1)
+        self.eos.fill_(-1 if eos_id is None else eos_id)  # -1: never sampled
+        self.fill_noise(B, sampler, gen)
+        self.record(B, sample_next(logits.repeat_interleave(n, 0), *sampler, noise=self.noise[:B]))
+        rows = B
+        for t in range(1, max_new):
+            if t % self.check_every == 0:
+                live = int((~self.done[:rows]).sum())  # the only host sync in the loop
+                if live == 0:
+                    break
+                rows = self.compact(rows, live, P + t)
+            length = min(self.cache_len, -(-(P + t) // self.length_bucket) * self.length_bucket)
+            self.fill_noise(rows, sampler, gen)
+            self.run_step(model, rows, length, sampler)
+        res = torch.cat([self.n_out[:B, None], self.out[:B, P:P + max_new]], 1).tolist()  # one read back
+        return [r[1:1 + r[0]] for r in res]
+
+    def fill_noise(self, rows, sampler, gen):  # outside the graph, so the generator advances as in eager code
+        if sampler[0] != 0:
+            self.noise[:rows].exponential_(generator=gen)
+
+    def record(self, rows, new):
+        """Store each row's new token at its slot, count it for live rows, and mark rows done: eos, or the
+        context is full after this token."""
+        live, idx, col = ~self.done[:rows], self.rows[:rows], self.slot + 1
+        self.out.index_put_((idx, col.expand(rows)), new)  # done rows write past their end: never read
+        self.n_out.index_add_(0, idx, live.long())
+        self.done[:rows] |= (new == self.eos) | (col - self.pad[:rows] + 1 >= self.block_size)
+        self.tok[:rows] = new
+
+    def step(self, model, rows, length, sampler):
+        """One decoding step of the first `rows` rows over the first `length` slots: feed each row's last
+        token, sample the next. Only tensor ops on fixed buffers, no host reads: what a CUDA graph replays."""
+        self.slot += 1
+        pad = self.pad[:rows]
+        pos = (self.slot - pad).clamp(max=self.block_size - 1)  # RoPE position; rows past the end are done
+        cos, sin = model.rope_cos[pos][:, None, None], model.rope_sin[pos][:, None, None]
+        keys = self.keys[:length]
+        hidden = (keys < pad[:, None]) | (keys > self.slot)  # padding, and slots not written yet
+        mask = torch.zeros(rows, 1, 1, length, dtype=self.dtype, device=pad.device)
+        mask.masked_fill_(hidden[:, None, None], float("-inf"))
+        caches = [(kv[0, :rows, :, :length], kv[1, :rows, :, :length]) for kv in self.kv]
+        h = model.hidden_states(self.tok[:rows, None], cos, sin, caches, self.slot, mask)
+        logits = model.lm_head(h[:, -1]).float()
+        self.record(rows, sample_next(logits, *sampler, noise=self.noise[:rows]))
+
+    def run_step(self, model, rows, length, sampler):
+        if not self.use_graphs:
+            return self.step(model, rows, length, sampler)
+        graph = self.graphs.get((rows, length, sampler))
+        if graph is not None:
+            return graph.replay()
+        # a new shape: run the step eagerly (lazy set-up such as cuBLAS workspaces must not happen inside a
+        # capture), then capture it; a capture records the kernels without running them, so state moves once
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            self.step(model, rows, length, sampler)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        t0, graph = time.perf_counter(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+            self.step(model, rows, length, sampler)
+        self.capture_s += time.perf_counter() - t0
+        self.graphs[(rows, length, sampler)] = graph
+
+    def compact(self, rows, live, slots):
+        """Move the live rows to the front and shrink to the smallest bucket that holds them (done rows fill
+        the rest); only then, so that the number of shapes stays small."""
+        new = min(rows, 1 << (live - 1).bit_length())
+        if new == rows:
+            return rows
+        order = torch.sort(self.done[:rows].to(torch.uint8), stable=True).indices[:new]  # live rows first
+        for buf in (self.tok, self.pad, self.rows, self.done):
+            buf[:new] = buf[:rows][order]
+        for kv in self.kv:
+            kv[:, :new, :, :slots] = kv[:, order, :, :slots]
+        return new
+
+
+# model -> its StaticDecoder / its inference copy. Module-level weak tables, not attributes, so that deepcopy,
+# state_dict and parameters() never see the caches, the graphs or the copy, and both go when the model does.
+_DECODERS = weakref.WeakKeyDictionary()
+_COPIES = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model):
+    # captured graphs read the weights' memory: a moved or re-cast model (model.to) needs a new decoder
+    return tuple(t.data_ptr() for t in (*model.parameters(), model.rope_cos, model.rope_sin))
+
+
+def _unwrap(model):
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP's and torch.compile's wrappers
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def inference_copy(model, dtype=torch.bfloat16):
+    """A copy of model for generation, its weights (and RoPE tables) in dtype: rollouts decode with a bf16 copy
+    of the fp32 policy, so no autocast runs inside the captured step. Call refresh_ before each use."""
+    model = _unwrap(model)
+    with torch.device(model.wte.weight.device):
+        copy = GPT(model.config, verbose=False)
+    return refresh_(copy.to(dtype).eval().requires_grad_(False), model)
+
+
+@torch.no_grad()
+def refresh_(copy, model):
+    """Copy model's weights into copy, in place: the copy's memory never moves, so its graphs stay valid."""
+    src = dict(_unwrap(model).named_parameters())
+    for name, p in copy.named_parameters():
+        p.copy_(src[name])
+    return copy
 
 
 # ---------------------------------------------------------------- MFU

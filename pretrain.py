@@ -14,11 +14,8 @@ Data order is a pure function of (seed, step): step s uses global sequences [s*G
 per-epoch permutation of fixed-length chunks, and each rank reads its own slice of them. So resuming needs
 only the step, and N ranks see exactly the sequences one process would.
 """
-import argparse
-import json
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 
@@ -27,23 +24,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import UserError, main_guard, append_jsonl, atomic_write_bytes, atomic_write_json, check_out_dir, pick_device, set_threads
+from common import ArgParser, UserError, main_guard, append_jsonl, atomic_write_json, check_out_dir, cosine_lr, \
+    dist_env, merge_resumed_args, set_threads, setup_distributed, start_metrics
 from model import GPT, GPTConfig, PRESETS, CheckpointError, estimate_mfu, load_checkpoint, save_checkpoint
 
-# optimisation defaults per preset; model shapes live in model.PRESETS.
-# toy: measured on the 2-core CPU (one seed each, greedy pass@1 on 200 held-out problems): 16 x 320 x 500 steps
-# at lr 2e-3 / 3e-3 gave 2.0% / 2.5%, 640 steps at 3e-3 gave 7.5% (1-3 step problems, ~10 min); 8 x 320 x 1100
-# steps at 2.5e-3 on 1-2 step problems gave 19.5% (2.8M tokens, ~9 min): more, smaller steps learn the copying
-# of the question into the solution sooner. Below ~15% RL collapses the formats without raising accuracy.
-# 150m/1b: the paper (AdamW 1e-3, betas 0.9/0.95, wd 0.1, 5000 warmup, ~1M tokens/step = 512 x 2048).
-TRAIN_PRESETS = {
-    "toy": dict(batch_size=8, total_batch_size=8, lr=2.5e-3, warmup_iters=50, max_iters=1100,
-                eval_interval=275, eval_iters=4, ckpt_interval=275),
-    "150m": dict(batch_size=16, total_batch_size=512, lr=1e-3, warmup_iters=5000, max_iters=0,
-                 eval_interval=500, eval_iters=20, ckpt_interval=1000),
-    "1b": dict(batch_size=8, total_batch_size=512, lr=1e-3, warmup_iters=5000, max_iters=0,
-               eval_interval=500, eval_iters=20, ckpt_interval=1000),
-}
+from presets import PRETRAIN as TRAIN_PRESETS  # optimisation defaults per preset (model shapes: presets.MODEL)
+
 # flags that may differ on --resume; everything else comes from the checkpoint so the run continues as it was
 RESUME_OVERRIDES = {"resume", "device", "threads", "stop_after", "eval_interval", "ckpt_interval", "max_iters",
                     "compile", "no_tqdm", "samples"}
@@ -51,8 +37,8 @@ RESUME_OVERRIDES = {"resume", "device", "threads", "stop_after", "eval_interval"
 
 def get_args(argv=None):
     from data.mixture import DEFAULT_MIX, DEFAULT_CACHE
-    p = argparse.ArgumentParser(description="Pretrain a GPT from scratch on a mixture of math corpora.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgParser(description="Pretrain a GPT from scratch on a mixture of math corpora. Flags left unset take "
+                              "the --preset's value (presets.py).")
     p.add_argument("--preset", default="toy", choices=sorted(PRESETS),
                    help="model size and optimisation defaults; every flag below overrides them")
     p.add_argument("--mix", default=DEFAULT_MIX,
@@ -72,7 +58,9 @@ def get_args(argv=None):
                    help="SwiGLU hidden width (default: the preset's, 512 for the toy; 0 = 4 x n_embd, the paper's)")
     p.add_argument("--block-size", type=int, default=None, help="sequence length (context)")
     p.add_argument("--tie-embeddings", type=int, choices=[0, 1], default=None, help="1 ties input/output embeddings")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch per process")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per micro-batch per process (default: the preset's, lowered under torchrun "
+                        "until --total-batch-size splits evenly over the processes)")
     p.add_argument("--total-batch-size", type=int, default=None,
                    help="sequences per optimizer step over all processes (gradient accumulation fills the gap)")
     p.add_argument("--max-iters", type=int, default=None,
@@ -93,24 +81,29 @@ def get_args(argv=None):
                    help="stop (with a checkpoint) after this many steps in this invocation; 0 = run to the end")
     p.add_argument("--seed", type=int, default=1337, help="seed for init, data order and sampling")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="autocast dtype; auto = bfloat16 on CUDA, float32 on the CPU")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "bf16-weights"],
+                   help="bfloat16 = autocast; bf16-weights = bf16 activations end to end, weights cast to bf16 in "
+                        "the forward, fp32 master weights and AdamW states (model.forward_dtype); auto = bfloat16 "
+                        "on CUDA, float32 on the CPU")
     p.add_argument("--compile", type=int, choices=[0, 1], default=None, help="torch.compile (default: on for CUDA)")
     p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP under torchrun (for 1b)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     p.add_argument("--samples", type=int, default=2, help="samples per source printed at the end (0 = none)")
     p.add_argument("--no-tqdm", action="store_true", help="no progress bar (log lines instead)")
-    args = p.parse_args(argv)
-    given = {t.split("=")[0] for t in (argv if argv is not None else sys.argv[1:]) if t.startswith("--")}
-    explicit = {a.dest for a in p._actions if given & set(a.option_strings)}
-    return args, explicit
+    return p.parse_explicit(argv)
 
 
-def resolve(args):
+def resolve(args, world=1):
     """Fill preset defaults into every flag left unset, and check the combination makes sense."""
+    batch_given = args.batch_size is not None
     for k, v in TRAIN_PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if not batch_given and args.total_batch_size > 0 and args.total_batch_size % world == 0:
+        # the preset's micro-batch is a memory budget, not a result: under torchrun take the largest size up to
+        # it that splits the total batch evenly over the processes (toy, 2 processes: 8 = 2 x 4, no accumulation)
+        per_rank = args.total_batch_size // world
+        args.batch_size = max(d for d in range(1, min(args.batch_size, per_rank) + 1) if per_rank % d == 0)
     mcfg = dict(PRESETS[args.preset])
     for k in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "mlp_hidden"):
         if getattr(args, k) is not None:
@@ -136,10 +129,7 @@ def resolve(args):
 
 def lr_at(step, args):
     """Linear warmup, then cosine from the peak down to min_lr_ratio * peak at max_iters."""
-    if step < args.warmup_iters:
-        return args.lr * (step + 1) / args.warmup_iters
-    progress = min(1.0, (step - args.warmup_iters) / max(1, args.max_iters - args.warmup_iters))
-    return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cosine_lr(step, args.max_iters, args.lr, args.warmup_iters, args.min_lr_ratio)
 
 
 class Batches:
@@ -216,9 +206,8 @@ def show_samples(model, tok, val, args, device):
 @main_guard
 def main(argv=None):
     args, explicit = get_args(argv)
-    # ---- distributed setup: torchrun sets RANK/WORLD_SIZE; a plain run is rank 0 of 1
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, world, local_rank = 0, 1, 0
+    # torchrun sets RANK/WORLD_SIZE; a plain run is rank 0 of 1 (the process group is joined below)
+    ddp, rank, world, _ = dist_env()
     if args.out_dir is None:
         args.out_dir = os.path.join("out", f"pretrain-{args.preset}")
     if args.resume:
@@ -227,30 +216,21 @@ def main(argv=None):
             resume_ck = load_checkpoint(ck_path)
         except CheckpointError as e:
             raise UserError(f"cannot resume: {e}")
-        saved = resume_ck["args"]
-        for k, v in saved.items():
-            if k not in RESUME_OVERRIDES or k not in explicit:
-                setattr(args, k, v)
-        args.resume = True
+        args = merge_resumed_args(args, resume_ck["args"], explicit, overrides=RESUME_OVERRIDES)
     else:
-        args = resolve(args)
-    if ddp:
-        rank, world, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        args = resolve(args, world)
     if args.total_batch_size % (args.batch_size * world):
         raise UserError(f"--total-batch-size {args.total_batch_size} is not a multiple of --batch-size "
                         f"{args.batch_size} x {world} processes: pick sizes that divide")
     grad_accum = args.total_batch_size // (args.batch_size * world)
     master = rank == 0
-    device = pick_device(args.device)
-    if ddp:
-        if device.startswith("cuda"):
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    device, ddp, rank, world = setup_distributed(args.device)
     set_threads(args.threads)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-    ctx = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
+    from model import forward_dtype
+    ctx = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16"
+           else forward_dtype(torch.bfloat16) if dtype == "bf16-weights" else nullcontext())
     use_compile = args.compile if args.compile is not None else device_type == "cuda"
     if master:
         check_out_dir(args.out_dir)
@@ -297,26 +277,13 @@ def main(argv=None):
             model = FSDP(model, use_orig_params=True, device_id=torch.device(device) if device_type == "cuda" else None)
         else:
             from torch.nn.parallel import DistributedDataParallel as DDP
-            model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+            model = DDP(model, device_ids=[torch.device(device).index] if device_type == "cuda" else None)
 
     config_record = {"type": "config", **{k: v for k, v in vars(args).items()}, "world_size": world,
                      "grad_accum": grad_accum, "mix_dir": mix_dir, "mix_meta": mix["meta"]}
     if master:
         atomic_write_json(os.path.join(args.out_dir, "config.json"), config_record)
-        mpath = os.path.join(args.out_dir, "metrics.jsonl")
-        if not args.resume:
-            open(mpath, "w").close()
-        elif os.path.exists(mpath):
-            # drop records a killed run wrote after its last checkpoint: the resumed run writes them again
-            keep = []
-            with open(mpath) as f:
-                for ln in f:
-                    try:
-                        if json.loads(ln).get("step", 0) <= step:
-                            keep.append(ln)
-                    except json.JSONDecodeError:
-                        pass  # a line cut short by the kill
-            atomic_write_bytes(mpath, "".join(keep).encode())
+        start_metrics(os.path.join(args.out_dir, "metrics.jsonl"), step, args.resume)
         print(f"{batches.n_chunks} sequences of {args.block_size} in the mixture; {args.max_iters} steps of "
               f"{args.total_batch_size} x {args.block_size} tokens = {args.max_iters * args.total_batch_size / batches.n_chunks:.2f} epochs")
     metrics_path = os.path.join(args.out_dir, "metrics.jsonl")

@@ -20,6 +20,15 @@ def prompt_text(question):
     return question + SEP
 
 
+def encode_prompts(tok, questions):
+    """Token ids of each question's prompt, the one place prompts are tokenized (rl.py, evaluate.py, pretrain.py).
+    A tokenizer with tok.prompt_bos set (an imported Hugging Face model whose authors prompted with BOS) gets its
+    BOS id first; our own cl100k-prefix tokenizer has none, as pretraining documents had none."""
+    ids = tok.encode_batch([prompt_text(q) for q in questions]) if questions else []
+    bos = getattr(tok, "bos_id", None) if getattr(tok, "prompt_bos", False) else None
+    return [[bos] + p for p in ids] if bos is not None else ids
+
+
 def document_text(question, solution):
     """One pretraining document, without the end-of-text token (added as an id when tokenizing)."""
     return question + SEP + solution

@@ -53,8 +53,16 @@ def omi2(value):
 
 # ----------------------------------------------------------------------------- labels
 
-def test_formats_list():
-    assert FORMATS == ["tinygsm", "omi1", "omi2", "other"]
+def test_format_metrics_owns_the_label_set():
+    """classify.format_metrics (the one implementation rl.py, evaluate.py and echo_chamber.py use) lists every label,
+    maps an unknown one to "other", and computes accuracy within each format."""
+    from classify import format_metrics
+    recs = [{"format": "omi1", "correct": True}, {"format": "omi1", "correct": False},
+            {"format": "tinygsm", "correct": True}, {"format": None, "correct": True}]
+    shares, acc = format_metrics(recs)
+    assert list(shares) == FORMATS == ["tinygsm", "omi1", "omi2", "other"]
+    assert shares == {"tinygsm": 0.25, "omi1": 0.5, "omi2": 0.0, "other": 0.25}
+    assert acc == {"tinygsm": 1.0, "omi1": 0.5, "omi2": None, "other": 1.0}
 
 
 def test_strict_rule_on_format_samples(data):

@@ -194,3 +194,22 @@ def test_mfu_uses_a_per_gpu_table():
     assert estimate_mfu(cfg, tps, device_name="NVIDIA H100 80GB HBM3") < estimate_mfu(
         cfg, tps, device_name="NVIDIA A100-SXM4-80GB")
     assert estimate_mfu(cfg, tps, device_name="some cpu") is None
+
+
+def test_forward_dtype_runs_bf16_activations_on_fp32_master_weights():
+    from model import forward_dtype
+    m = tiny()
+    idx = torch.randint(0, 101, (2, 12))
+    ref, _ = m(idx)
+    ctx = forward_dtype(torch.bfloat16)
+    with ctx:
+        logits, loss = m(idx, idx)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert (logits.float() - ref).abs().max().item() < 0.05 and not torch.equal(logits.float(), ref)
+    loss.backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in m.parameters())
+    with ctx:  # reusable, like torch.autocast
+        assert m(idx)[0].dtype == torch.bfloat16
+    assert torch.equal(m(idx)[0], ref)  # outside it: exactly the fp32 forward
+    with ctx:  # generation inside it keeps the weights' dtype (its cache is allocated in it)
+        assert m.generate([[1, 2, 3]], 5, temperature=0) == m.generate([[1, 2, 3]], 5, temperature=0, static=True)

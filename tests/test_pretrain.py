@@ -87,7 +87,8 @@ def test_torchrun_two_processes_match_one(tmp_path, data_dir):
     (["--n-embd", "30", "--n-head", "4"], "n-head"),
     (["--mlp-hidden", "-4"], "--mlp-hidden"),
     (["--n-layer", "0"], "--n-layer"),
-    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--batch-size", "0"], ""),
+    (["--device", "cuda:0"], "no CUDA device") if not torch.cuda.is_available() else (["--batch-size", "0"], "--batch-size"),
+    (["--max-it", "5"], "--max-it"),  # no abbreviations: a prefix is an error, never a silent --max-iters
 ])
 def test_bad_flags_give_one_line_errors(tmp_path, data_dir, flags, needle):
     p = run(TINY + ["--data-dir", data_dir, "--out-dir", str(tmp_path / "x"), "--max-iters", "1"] + flags,

@@ -283,6 +283,7 @@ def test_forward_chunks_puts_rows_back_in_order():
     lens = torch.tensor([5, 1, 3, 2])
     batch = {"seqs": torch.arange(4 * (R + 2)).view(4, R + 2), "starts": torch.full((4,), 2), "lens": lens,
              "resp": torch.zeros(4, R, dtype=torch.long), "mask": (torch.arange(R)[None] < lens[:, None]).float()}
+    batch.update(host_starts=batch["starts"].clone(), host_lens=lens.clone())  # as make_batch keeps them
     fn = lambda mb: mb["seqs"][:, 2:].float() * mb["mask"]  # each row's own values, trimmed by take()
     want = batch["seqs"][:, 2:].float() * batch["mask"]
     for chunks in (torch.arange(4).split(2), torch.argsort(lens).split(3), torch.tensor([3, 0, 2, 1]).split(1)):
@@ -328,3 +329,89 @@ def test_bad_input_is_one_line(tiny, tmp_path, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "\n" not in err, (argv, err)
+
+
+# ------------------------------------------------------------------------------------------ more numbers, pinned
+def test_token_rewards_by_hand():
+    """-beta * k1 on every response token, plus the score on the LAST real token (not the last column)."""
+    logp = torch.tensor([[-1.0, -2.0, -0.5, 0.0], [-1.0, -1.0, 0.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5, 0.0], [-2.0, -1.0, 0.0, 0.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    r = rl.token_rewards(torch.tensor([1.0, 0.0]), logp, ref, m, beta=0.1)
+    # k1 = logp - ref: row 0 (0.5, -1, 0), row 1 (1, 0): a reward of -0.1 * k1, the score on tokens 2 and 1
+    expect = torch.tensor([[-0.05, 0.1, 1.0, 0.0], [-0.1, 0.0, 0.0, 0.0]])
+    assert torch.allclose(r, expect, atol=1e-7)
+    # beta 0 (or no reference): the score alone
+    assert torch.equal(rl.token_rewards(torch.tensor([1.0, 0.0]), None, None, m, beta=0.0),
+                       torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+
+
+def test_ppo_advantages_with_a_kl_reward_by_hand():
+    """PPO with beta > 0, gamma 1, lambda 1 and a zero critic: the advantage of token t is the sum of the rewards
+    from t on, then whitened over every response token of the batch."""
+    logp = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    ref = torch.tensor([[-2.0, -1.0, -1.0], [-1.0, -3.0, -1.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    r = rl.token_rewards(torch.tensor([1.0, 1.0]), logp, ref, m, beta=0.5)
+    # k1: row 0 (1, 0, 0), row 1 (0, 2) -> rewards row 0 (-0.5, 0, 1), row 1 (0, -1 + 1)
+    assert torch.allclose(r, torch.tensor([[-0.5, 0.0, 1.0], [0.0, 0.0, 0.0]]))
+    adv, ret = rl.compute_gae_advantage_return(r, torch.zeros_like(r), m, gamma=1.0, lam=1.0)
+    assert torch.allclose(adv, torch.tensor([[0.5, 1.0, 1.0], [0.0, 0.0, 0.0]]))
+    assert torch.equal(adv, ret)  # a zero critic: returns = advantages
+    w = rl.masked_whiten(adv, m)
+    vals = torch.tensor([0.5, 1.0, 1.0, 0.0, 0.0])  # mean 0.5, unbiased var 0.25
+    assert torch.allclose(w[m.bool()], (vals - 0.5) / 0.5, atol=1e-6)
+    # a lambda below 1 discounts the outcome on the way back: lambda 0.5 gives 1 at t=2, 0.5 at t=1, -0.25 at t=0
+    adv_l, _ = rl.compute_gae_advantage_return(r, torch.zeros_like(r), m, gamma=1.0, lam=0.5)
+    assert torch.allclose(adv_l[0], torch.tensor([-0.25, 0.5, 1.0]))
+
+
+def test_response_logprobs_are_taken_at_the_sampling_temperature(tiny):
+    m = model_from_checkpoint(tiny["path"])
+    p, resp = tiny["prompt_ids"][0], [tiny["yes"], 17, 5]
+    seqs = torch.tensor([p + resp])
+    logits = m(seqs)[0][0]
+    for T in (1.0, 0.5):
+        lp, _ = rl.response_logprobs(m, seqs, torch.tensor([len(p)]), torch.tensor([resp]), temperature=T)
+        want = [(logits[len(p) - 1 + j] / T).log_softmax(-1)[t].item() for j, t in enumerate(resp)]
+        assert lp[0].tolist() == pytest.approx(want, abs=1e-5), T
+
+
+def test_value_head_starts_small_random_and_seeded(tiny):
+    body = model_from_checkpoint(tiny["path"])
+    a, b = rl.Critic(body, seed=3), rl.Critic(body, seed=3)
+    w = a.head.weight
+    assert torch.equal(w, b.head.weight) and not torch.equal(w, rl.Critic(body, seed=4).head.weight)
+    d = body.config.n_embd  # OpenRLHF: normal(0, 1 / (d + 1))
+    assert w.abs().max() > 0 and w.std().item() == pytest.approx(1 / (d + 1), rel=0.35)
+
+
+def test_abbreviated_flags_are_errors_not_silent_overrides():
+    with pytest.raises(UserError, match="--max-st"):
+        rl.get_args(["--max-st", "5"])
+    args, explicit = rl.get_args(["--max-steps=5", "--kl", "0.1"])
+    assert args.max_steps == 5 and explicit == {"max_steps", "kl"}
+
+
+def test_ei_samples_at_top_p_and_restarts_each_round_from_the_original_weights(tiny, tmp_path, monkeypatch):
+    """Each round's SFT starts from the pretrained weights (not the last round's policy), and EI rollouts sample
+    at top-p 0.95 (the paper), PPO/GRPO at 1.0."""
+    original = model_from_checkpoint(tiny["path"]).state_dict()
+    starts, top_ps = [], []
+    real_adamw, real_rollout = rl.adamw, rl.rollout
+
+    def spy_adamw(module, lr):
+        starts.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+        return real_adamw(module, lr)
+
+    def spy_rollout(run, model, *a, **k):
+        top_ps.append(run.args.top_p)
+        return real_rollout(run, model, *a, **k)
+    monkeypatch.setattr(rl, "adamw", spy_adamw)
+    monkeypatch.setattr(rl, "rollout", spy_rollout)
+    res = rl.train(flags(tiny, tmp_path, "ei", "--max-steps", "2"), reward_fn=yes_reward(tiny), prompts=PROMPTS)
+    assert len(starts) == 2 and top_ps == [0.95, 0.95]
+    for s in starts:
+        assert all(torch.equal(s[k], original[k]) for k in original)
+    assert not torch.equal(res["model"].lm_head.weight, original["lm_head.weight"])  # it did learn something
+    assert res["train"][-1]["kept"] > 0 and "kept_format_shares" in res["train"][-1]
