@@ -23,7 +23,6 @@ Memory: the peak growth above the level at the start of each measurement (CPU: r
 The last line of stdout is one JSON object with every figure (also --json-out FILE). Speed is noisy on a
 shared machine: read ratios from one run, not absolute numbers across runs.
 """
-import argparse
 import contextlib
 import ctypes
 import io
@@ -41,7 +40,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import UserError, main_guard, pick_device, set_threads
+from common import ArgParser, UserError, main_guard, pick_device, set_threads
 from model import GPT, GPTConfig, PRESETS, estimate_mfu, save_checkpoint
 
 GEN_BATCHES = (1, 8, 64)
@@ -50,13 +49,8 @@ SDPA_BACKENDS = {"flash": ["FLASH_ATTENTION"], "cudnn": ["CUDNN_ATTENTION"], "ef
                  "auto": ["FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]}
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr (via main_guard), not a usage block
-        raise UserError(message)
-
-
 def get_args(argv=None):
-    p = Parser(description=__doc__.split("\n\n")[0])
+    p = ArgParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller RL/sandbox batches (< 2 min on 2 cores)")

@@ -144,9 +144,12 @@ def classify(text, rule="strict"):
 # ----------------------------------------------------------------------------- comparing answers
 
 def gold_answer(gold):
-    """GSM8K's '... #### 1,234' -> '1,234'; anything else stripped."""
+    """GSM8K's '... #### 1,234' -> '1234' (data.benchmarks.gsm8k_gold, the one parser); anything else stripped."""
     s = str(gold)
-    return s.split("####")[-1].strip() if "####" in s else s.strip()
+    if "####" in s:
+        from data.benchmarks import gsm8k_gold
+        return gsm8k_gold(s)
+    return s.strip()
 
 
 _NUM_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

@@ -395,7 +395,7 @@ def load_model(path, device):
             raise CheckpointError(f"{path} has a bad model config: {e}")
         if cfg.vocab_size != tok.vocab_size:
             raise CheckpointError(f"{path}: model vocab {cfg.vocab_size} != tokenizer vocab {tok.vocab_size} "
-                                  f"({ckpt['tokenizer']})")
+                                  f"({tok!r})")
         model = model_from_checkpoint(ckpt, device)
     except CheckpointError as e:
         raise UserError(str(e))
@@ -554,7 +554,7 @@ def main(argv=None):
                 "data_dir": args.data_dir, "limit": args.limit, "n": args.n, "greedy": not args.no_greedy,
                 "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
                 "batch_size": args.batch_size, "seed": args.seed, "rule": args.rule, "device": device,
-                "world_size": world, "tokenizer": tok.spec})
+                "world_size": world, "tokenizer": repr(tok)})
             summary["tokens_per_s"] = round(summary["new_tokens"] / max(summary["gen_seconds"], 1e-9), 1)
             label = _label(path, taken)
             d = os.path.join(out_dir, label) if compare else out_dir

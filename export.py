@@ -1,9 +1,11 @@
 """
 Our checkpoints <-> Hugging Face OLMo folders, so a model can leave the codebase (vLLM, lm-evaluation-harness,
-the HF hub) and an OLMo-architecture model made elsewhere can come in (e.g. as rl.py's starting point).
+the HF hub) and an OLMo-architecture model made elsewhere can come in (e.g. the paper authors' own 150m and 1b
+models, as rl.py's or evaluate.py's starting point).
 
     python export.py --ckpt out/pretrain/ckpt.pt --out hf/toy          # -> config.json, model.safetensors, ...
     python export.py --from-hf hf/toy --out out/imported/ckpt.pt       # -> our checkpoint, kind "hf-import"
+    python export.py --from-hf OWNER/NAME --revision main --out out/authors-150m/ckpt.pt   # from the hub
 
 The exported folder loads unchanged with `transformers.OlmoForCausalLM.from_pretrained(dir)`. Our model.py
 was laid out after HF's Olmo (rotate-half RoPE, gate/up/down SwiGLU, non-parametric LayerNorm eps 1e-5, no
@@ -17,80 +19,72 @@ biases), so the mapping is one to one except that we fuse q/k/v and gate/up into
     blocks.i.mlp.down.weight      model.layers.i.mlp.down_proj.weight
     lm_head.weight                lm_head.weight   (left out when tied: HF ties it to the embedding)
 
-Weights are copied bit for bit, so import(export(x)) == x. Neither direction needs transformers or
-safetensors installed: the safetensors format is a JSON header plus raw little-endian bytes, written and
-read below (tests check the result against both libraries). The tokenizer has no HF equivalent file: the
-folder gets tokenizer_spec.json (read back on import) and a README.md saying how to rebuild it with tiktoken.
+Weights are copied bit for bit (read and written with the safetensors package), so import(export(x)) == x.
+Tokenizers: a folder with a tokenizer.json (the authors' Llama-2 one) imports as that tokenizer, its whole
+file kept in the checkpoint's spec (data/tokenizer.py); our own cl100k-prefix tokenizer has no HF file, so an
+export gets tokenizer_spec.json (read back on import) and a README.md saying how to rebuild it with tiktoken.
 """
-import argparse
 import json
 import os
-import struct
+import re
 import sys
 
 import torch
 
-from common import UserError, atomic_write_bytes, atomic_write_json, main_guard
-from data.tokenizer import get_tokenizer
+from common import ArgParser, UserError, atomic_write_bytes, atomic_write_json, main_guard
+from data.tokenizer import get_tokenizer, hf_spec
 from model import CheckpointError, GPTConfig, config_from_dict, load_checkpoint, save_checkpoint
 
 TOKENIZER_FILE = "tokenizer_spec.json"
-
-# ---------------------------------------------------------------- safetensors, by hand (the format is tiny)
-ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-             torch.bool: "BOOL"}
-ST_TORCH = {v: k for k, v in ST_DTYPES.items()}
+# what --from-hf downloads from a hub repo: the config, the weights in either format, the tokenizer
+HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+             "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", TOKENIZER_FILE]
 
 
-def write_safetensors(path, tensors, metadata=None):
-    """{name: tensor} -> one .safetensors file (header: u64 length + JSON; then the raw bytes, in order)."""
-    if sys.byteorder != "little":
-        raise UserError("safetensors are little-endian; writing from a big-endian machine is not supported")
-    header, blobs, offset = {}, [], 0
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        if t.dtype not in ST_DTYPES:
-            raise UserError(f"tensor {name} has dtype {t.dtype}, which safetensors cannot hold")
-        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the format recommends 8-byte alignment of the data
-    atomic_write_bytes(path, struct.pack("<Q", len(head)) + head + b"".join(blobs))
-
-
-def read_safetensors(path):
-    """One .safetensors file -> ({name: tensor}, metadata). A malformed file is a one-line UserError."""
-    with open(path, "rb") as f:
-        raw = f.read()
+# ---------------------------------------------------------------- weights files
+def save_safetensors(path, tensors, metadata=None):
+    """{name: tensor} -> one .safetensors file, atomically (a temp file beside it, then a rename)."""
+    from safetensors.torch import save_file
+    # clone: the q/k/v and gate/up splits are views of one matrix, and safetensors refuses shared memory
+    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp-" + os.path.basename(path))
     try:
-        (n,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8:8 + n])
-        metadata = header.pop("__metadata__", None) or {}
-        data = memoryview(raw)[8 + n:]
-        out = {}
-        for name, info in header.items():
-            start, end = info["data_offsets"]
-            dtype = ST_TORCH[info["dtype"]]
-            if not 0 <= start <= end <= len(data):
-                raise ValueError(f"{name} lies outside the file")
-            raw_t = bytearray(data[start:end])  # a copy: the tensor must own writable memory
-            t = torch.frombuffer(raw_t, dtype=torch.uint8) if raw_t else torch.empty(0, dtype=torch.uint8)
-            out[name] = t.view(dtype).reshape(info["shape"])
-    except (struct.error, ValueError, KeyError, TypeError, RuntimeError) as e:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_safetensors(path):
+    from safetensors.torch import load_file
+    try:
+        return load_file(path)
+    except Exception as e:  # the library's SafetensorError, a header it cannot parse, a truncated file
         raise UserError(f"{path} is not a readable safetensors file: {type(e).__name__}: {str(e)[:150]}")
-    return out, metadata
+
+
+def read_hf_weights(hf_dir):
+    """model.safetensors, pytorch_model.bin, or a sharded index of either -> {name: tensor}."""
+    load_bin = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
+    for name, load in (("model.safetensors", load_safetensors), ("pytorch_model.bin", load_bin)):
+        path, index = os.path.join(hf_dir, name), os.path.join(hf_dir, name + ".index.json")
+        if os.path.exists(path):
+            return load(path)
+        if os.path.exists(index):
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            return {k: v for shard in shards for k, v in load(os.path.join(hf_dir, shard)).items()}
+    raise UserError(f"{hf_dir} has no model.safetensors, pytorch_model.bin or a sharded index of either")
 
 
 # ---------------------------------------------------------------- config and weight mapping
-def hf_config(config, dtype=torch.float32, eos_id=None):
+def hf_config(config, dtype=torch.float32, eos_id=None, bos_id=None):
     """Our GPTConfig (or its dict) -> the config.json dict of an equivalent HF OlmoForCausalLM.
-    eos_id: the tokenizer's end-of-text (default: the last id, as our tokenizers have it)."""
+    eos_id: the tokenizer's end-of-text (default: the last id, as our cl100k tokenizers have it)."""
     c = config_from_dict(config) if isinstance(config, dict) else config
     eos_id = c.vocab_size - 1 if eos_id is None else eos_id
     return {
@@ -113,9 +107,9 @@ def hf_config(config, dtype=torch.float32, eos_id=None):
         "hidden_act": "silu",
         "initializer_range": 0.02,
         "tie_word_embeddings": bool(c.tie_embeddings),
-        # documents end with end-of-text (our last id); there is no BOS and no pad token. pad stays null on
-        # purpose: HF gives the pad id's embedding no gradient, and our end-of-text is a real input token.
-        "bos_token_id": None,
+        # documents end with end-of-text; there is no pad token. pad stays null on purpose: HF gives the pad
+        # id's embedding no gradient, and our end-of-text is a real input token.
+        "bos_token_id": bos_id,
         "eos_token_id": eos_id,
         "pad_token_id": None,
         "use_cache": True,
@@ -165,12 +159,11 @@ def from_hf_state_dict(hf, config):
         sd[p + "attn.proj.weight"] = take(q + "self_attn.o_proj.weight", (d, d))
         sd[p + "mlp.gate_up.weight"] = torch.cat([take(q + f"mlp.{x}_proj.weight", (h, d)) for x in ("gate", "up")])
         sd[p + "mlp.down.weight"] = take(q + "mlp.down_proj.weight", (d, h))
-    if c.tie_embeddings:
+    if c.tie_embeddings:  # the 1b: one matrix, shared (the authors' converter may also save the copy)
         sd["lm_head.weight"] = sd["wte.weight"]
-        if "lm_head.weight" in hf:  # some writers save the tied copy too; it must really be the same matrix
-            if not torch.equal(take("lm_head.weight", (V, d)), sd["wte.weight"]):
-                raise UserError("tie_word_embeddings is true but lm_head.weight differs from the embedding")
-    else:
+        if "lm_head.weight" in hf and not torch.equal(take("lm_head.weight", (V, d)), sd["wte.weight"]):
+            raise UserError("tie_word_embeddings is true but lm_head.weight differs from the embedding")
+    else:  # the 150m: its own output matrix
         sd["lm_head.weight"] = take("lm_head.weight", (V, d))
     extra = sorted(k for k in hf if k not in used and not k.endswith("rotary_emb.inv_freq"))
     if extra:
@@ -216,7 +209,7 @@ def config_from_hf(hf):
         refuse(str(e))
 
 
-# ---------------------------------------------------------------- the two directions
+# ---------------------------------------------------------------- ours -> HF
 def export_checkpoint(ckpt, out_dir, dtype=None, source=None):
     """A loaded checkpoint dict -> an HF OLMo folder. dtype: None keeps the checkpoint's."""
     cfg = config_from_dict(ckpt["config"])
@@ -231,34 +224,47 @@ def export_checkpoint(ckpt, out_dir, dtype=None, source=None):
     if len(dtypes) != 1:
         raise CheckpointError(f"mixed weight dtypes {sorted(map(str, dtypes))}; pass --dtype")
     dtype = dtypes.pop()
-    tok = ckpt.get("tokenizer") or cfg.vocab_size
-    tok = {"name": "cl100k", "vocab_size": int(tok)} if isinstance(tok, int) else tok
-    eos = tok["vocab_size"] - 1  # our tokenizers put end-of-text last
-    os.makedirs(out_dir, exist_ok=True)
-    atomic_write_json(os.path.join(out_dir, "config.json"), hf_config(cfg, dtype, eos))
-    atomic_write_json(os.path.join(out_dir, "generation_config.json"),
-                      {"bos_token_id": None, "eos_token_id": eos, "pad_token_id": None})
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), hf, metadata={"format": "pt"})
+    spec = ckpt.get("tokenizer") or cfg.vocab_size
+    spec = {"name": "cl100k", "vocab_size": int(spec)} if isinstance(spec, int) else spec
     origin = {"kind": ckpt.get("kind"), "step": ckpt.get("step"), "checkpoint": source}
-    atomic_write_json(os.path.join(out_dir, TOKENIZER_FILE), {"tokenizer": tok, "source": origin})
-    atomic_write_bytes(os.path.join(out_dir, "README.md"), readme(cfg, tok, origin).encode())
-    return out_dir
-
-
-def readme(cfg, tok, origin):
-    V = tok["vocab_size"]
-    return f"""# echo-chamber model (OLMo-1 architecture)
+    os.makedirs(out_dir, exist_ok=True)
+    if spec.get("name") == "hf":  # the model's own tokenizer.json goes back out as it came in
+        tok = get_tokenizer(spec)
+        eos, bos = tok.eot_id, tok.bos_id
+        atomic_write_bytes(os.path.join(out_dir, "tokenizer.json"), spec["tokenizer_json"].encode())
+        names = {"eos_token": eos, "bos_token": bos, "unk_token": tok.unk_id}
+        atomic_write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+            "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": tok.prompt_bos, "add_eos_token": False,
+            "model_max_length": cfg.block_size, **{k: tok.token(i) for k, i in names.items() if i is not None}})
+        bos_text = f"start with BOS {tok.token(bos)!r} ({bos})" if tok.prompt_bos else "have no BOS"
+        note = (f"\n## Tokenizer\n\ntokenizer.json is the model's own ({tok.vocab_size} tokens). Prompts {bos_text} (as "
+                f"add_bos_token says; a PreTrainedTokenizerFast follows tokenizer.json's post-processor instead): the raw "
+                f"question + \"\\n\\n\", no chat template. Answers end with {tok.token(eos)!r} (eos_token_id {eos}).\n")
+    else:
+        eos, bos = spec["vocab_size"] - 1, None  # our tokenizers put end-of-text last
+        atomic_write_json(os.path.join(out_dir, TOKENIZER_FILE), {"tokenizer": spec, "source": origin})
+        note = cl100k_note(spec["vocab_size"])
+    atomic_write_json(os.path.join(out_dir, "config.json"), hf_config(cfg, dtype, eos, bos))
+    atomic_write_json(os.path.join(out_dir, "generation_config.json"),
+                      {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": None})
+    save_safetensors(os.path.join(out_dir, "model.safetensors"), hf, metadata={"format": "pt"})
+    atomic_write_bytes(os.path.join(out_dir, "README.md"), (f"""# echo-chamber model (OLMo-1 architecture)
 
 Exported by echo-chamber's export.py from {origin['checkpoint'] or 'a checkpoint'} (kind {origin['kind']}, step {origin['step']}).
 Loads with `transformers.OlmoForCausalLM.from_pretrained(this_dir)` (and so in vLLM / lm-evaluation-harness
 as an OLMo model). {cfg.n_layer} layers, d {cfg.n_embd}, {cfg.n_head} heads, SwiGLU {cfg.mlp_hidden}, context {cfg.block_size},
 vocab {cfg.vocab_size}, tied embeddings {cfg.tie_embeddings}, RoPE theta {cfg.rope_theta}.
+""" + note).encode())
+    return out_dir
 
+
+def cl100k_note(V):
+    return f"""
 ## Tokenizer (no tokenizer.json: rebuild it with tiktoken)
 
-Spec: `{json.dumps(tok)}` (also in {TOKENIZER_FILE}). It is tiktoken's cl100k_base cut to its first
-{V - 1} merge ranks (ids 0..{V - 2}: the 256 single bytes plus the first {V - 257} merges, cl100k's split
-pattern), plus `<|endoftext|>` with id {V - 1}. A prefix of a BPE's ranks is itself a valid, lossless BPE.
+Spec: `{json.dumps({"name": "cl100k", "vocab_size": V})}` (also in {TOKENIZER_FILE}). It is tiktoken's cl100k_base
+cut to its first {V - 1} merge ranks (ids 0..{V - 2}: the 256 single bytes plus the first {V - 257} merges,
+cl100k's split pattern), plus `<|endoftext|>` with id {V - 1}. A prefix of a BPE's ranks is itself a valid BPE.
 
 ```python
 import tiktoken
@@ -274,30 +280,75 @@ any id under an attention mask.
 """
 
 
-def tokenizer_for_import(hf_dir, cfg, name=None, vocab_size=None):
-    """The tokenizer spec: flags first, then the sidecar file, then a cl100k prefix inferred from the vocab."""
-    V = cfg["vocab_size"]
-    side = os.path.join(hf_dir, TOKENIZER_FILE)
-    if name is None and vocab_size is None and os.path.exists(side):
-        try:
-            with open(side) as f:
-                spec = json.load(f).get("tokenizer")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            spec = None
-        if not isinstance(spec, dict) or "vocab_size" not in spec:
-            raise UserError(f"{side} has no tokenizer spec")
-    else:
-        spec = {"name": name or "cl100k", "vocab_size": int(vocab_size or V)}
-        if vocab_size is None and name is None:
-            print(f"note: no {TOKENIZER_FILE}; assuming our cl100k prefix tokenizer with vocab {V} "
-                  f"(end-of-text {V - 1}); pass --tokenizer / --vocab-size if that is wrong", file=sys.stderr)
-    if spec["vocab_size"] > V:
-        raise UserError(f"tokenizer vocab {spec['vocab_size']} is larger than the model's {V}")
+# ---------------------------------------------------------------- HF -> ours
+def fetch_hf(src, revision=None):
+    """A local folder as is, or a hub id (owner/name) downloaded at `revision` into the hub cache."""
+    if os.path.isdir(src):
+        if revision:
+            raise UserError(f"--revision is for a hub id; {src} is a local folder")
+        return src
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", src):
+        raise UserError(f"--from-hf {src}: no such folder, and not a hub id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError("downloading from the hub needs huggingface_hub: pip install huggingface_hub")
+    try:
+        return snapshot_download(repo_id=src, revision=revision, allow_patterns=HUB_FILES)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"no folder {src} here, and it could not be downloaded from the Hugging Face hub"
+                        f"{' at revision ' + revision if revision else ''}: {type(e).__name__}: {first}")
+
+
+def config_eos(hf_cfg):
+    e = hf_cfg.get("eos_token_id")
+    return e if isinstance(e, list) else [] if e is None else [e]
+
+
+def tokenizer_for_import(hf_dir, hf_cfg, tokenizer=None, vocab_size=None, eos_id=None, prompt_bos=None):
+    """The checkpoint's tokenizer spec: --tokenizer (a tokenizer.json, its folder, or "cl100k"), else the
+    folder's own tokenizer.json, else tokenizer_spec.json (a folder this script exported). Never a guess."""
+    V, own, side = hf_cfg["vocab_size"], os.path.join(hf_dir, "tokenizer.json"), os.path.join(hf_dir, TOKENIZER_FILE)
+    if tokenizer == "cl100k" or (tokenizer is None and not os.path.exists(own) and os.path.exists(side)):
+        if tokenizer:
+            spec = {"name": "cl100k", "vocab_size": int(vocab_size or V)}
+        else:
+            try:
+                with open(side) as f:
+                    spec = json.load(f)["tokenizer"]
+                assert int(spec["vocab_size"]) > 0
+            except (OSError, ValueError, KeyError, TypeError, AssertionError):
+                raise UserError(f"{side} has no tokenizer spec")
+            if config_eos(hf_cfg) and spec["vocab_size"] - 1 not in config_eos(hf_cfg):
+                raise UserError(f"config.json's eos_token_id {hf_cfg['eos_token_id']} is not the end-of-text of "
+                                f"{TOKENIZER_FILE}'s tokenizer ({spec['vocab_size'] - 1})")
+        if spec["vocab_size"] > V:
+            raise UserError(f"tokenizer vocab {spec['vocab_size']} is larger than the model's {V}")
+        get_tokenizer(spec)  # a bad spec fails here, not in the middle of an RL run
+        return spec
+    if tokenizer is None and not os.path.exists(own):
+        raise UserError(f"{hf_dir} has no tokenizer.json: pass --tokenizer PATH (the model's tokenizer.json or its "
+                        f"folder; a slow tokenizer saves one with AutoTokenizer.from_pretrained(d).save_pretrained(d))")
+    spec = hf_spec(tokenizer or hf_dir, eos_id=eos_id, prompt_bos=prompt_bos)
+    if spec["vocab_size"] != V:
+        raise UserError(f"the tokenizer has {spec['vocab_size']} tokens but config.json's vocab_size is {V}: "
+                        f"not this model's tokenizer")
+    tok, eos = get_tokenizer(spec), config_eos(hf_cfg)
+    if eos_id is None and eos and tok.eot_id not in eos:
+        if tok.unk_id is None or set(eos) != {tok.unk_id}:
+            raise UserError(f"config.json's eos_token_id {hf_cfg['eos_token_id']} is not the tokenizer's end-of-text "
+                            f"{tok.token(tok.eot_id)!r} ({tok.eot_id}): not this model's tokenizer? (--eos-id N chooses)")
+        # OLMo configs default eos_token_id to 0, and the authors converted with --no_fix_eos_token_id, which
+        # keeps it; 0 is Llama's <unk>, which ends nothing. Their RL and evaluation stopped at </s>.
+        print(f"note: config.json's eos_token_id {eos[0]} is the tokenizer's unknown token {tok.token(eos[0])!r}; "
+              f"using its end-of-text {tok.token(tok.eot_id)!r} ({tok.eot_id})", file=sys.stderr)
     return spec
 
 
-def import_hf(hf_dir, name=None, vocab_size=None):
-    """An HF OLMo folder -> our checkpoint dict (kind "hf-import", step 0), ready for rl.py / evaluate.py."""
+def import_hf(src, tokenizer=None, vocab_size=None, eos_id=None, prompt_bos=None, revision=None):
+    """An HF OLMo folder or hub id -> our checkpoint dict (kind "hf-import", step 0), for rl.py / evaluate.py."""
+    hf_dir = fetch_hf(src, revision)
     path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(path):
         raise UserError(f"{hf_dir} has no config.json: not a Hugging Face model folder")
@@ -307,35 +358,10 @@ def import_hf(hf_dir, name=None, vocab_size=None):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not JSON: {e}")
     cfg = config_from_hf(hf_cfg)
-    tok = tokenizer_for_import(hf_dir, cfg, name, vocab_size)
-    get_tokenizer(tok)  # a bad spec fails here, not in the middle of an RL run
-    eos = hf_cfg.get("eos_token_id")
-    eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
-    if eos and tok["vocab_size"] - 1 not in eos and name is None:
-        raise UserError(f"the model's eos_token_id is {hf_cfg['eos_token_id']}, but our tokenizer's end-of-text would be "
-                        f"{tok['vocab_size'] - 1}: it was trained with another tokenizer (force with --tokenizer)")
+    spec = tokenizer_for_import(hf_dir, hf_cfg, tokenizer, vocab_size, eos_id, prompt_bos)
     sd = from_hf_state_dict(read_hf_weights(hf_dir), cfg)
-    return {"model": sd, "config": cfg, "tokenizer": tok, "step": 0, "kind": "hf-import",
-            "source": os.path.abspath(hf_dir)}
-
-
-def read_hf_weights(hf_dir):
-    """model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin -> {name: tensor}."""
-    single = os.path.join(hf_dir, "model.safetensors")
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    binary = os.path.join(hf_dir, "pytorch_model.bin")
-    if os.path.exists(single):
-        return read_safetensors(single)[0]
-    if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-        out = {}
-        for name in files:
-            out.update(read_safetensors(os.path.join(hf_dir, name))[0])
-        return out
-    if os.path.exists(binary):
-        return torch.load(binary, map_location="cpu", weights_only=True)
-    raise UserError(f"{hf_dir} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    source = os.path.abspath(hf_dir) if os.path.isdir(src) else f"{src}@{revision or 'main'}"
+    return {"model": sd, "config": cfg, "tokenizer": spec, "step": 0, "kind": "hf-import", "source": source}
 
 
 def hf_model(model):
@@ -351,41 +377,43 @@ def hf_model(model):
 
 
 # ---------------------------------------------------------------- command line
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr (via main_guard), not a usage block
-        raise UserError(message)
-
-
 DTYPES = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @main_guard
 def main(argv=None):
-    ap = Parser(description=__doc__.split("\n\n")[0])
+    ap = ArgParser(description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="our checkpoint (.pt) to export as an HF OLMo folder")
-    src.add_argument("--from-hf", help="an HF OLMo folder (config.json + weights) to import as our checkpoint")
+    src.add_argument("--from-hf", help="an HF OLMo folder (config.json + weights + tokenizer.json) or a hub id "
+                                       "(owner/name) to import as our checkpoint")
     ap.add_argument("--out", required=True, help="the folder to write (export) or the .pt file (import)")
-    ap.add_argument("--dtype", choices=DTYPES, default="keep", help="weight dtype of the export (default: keep)")
-    ap.add_argument("--tokenizer", default=None, help="import: tokenizer name (default: from tokenizer_spec.json)")
-    ap.add_argument("--vocab-size", type=int, default=None, help="import: tokenizer vocab size")
+    ap.add_argument("--dtype", choices=DTYPES, default="keep", help="weight dtype of the export")
+    ap.add_argument("--revision", default=None, help="import from the hub: a branch, tag or commit (None: main)")
+    ap.add_argument("--tokenizer", default=None, help="import: a tokenizer.json (or its folder), or 'cl100k' "
+                                                      "(None: the folder's own tokenizer.json)")
+    ap.add_argument("--vocab-size", type=int, default=None, help="import with --tokenizer cl100k: its vocab size")
+    ap.add_argument("--eos-id", type=int, default=None, help="import: the end-of-text id (None: the tokenizer's)")
+    ap.add_argument("--prompt-bos", type=int, choices=[0, 1], default=None,
+                    help="import: prompts start with BOS (None: as the tokenizer does by default, 1 for Llama-2, "
+                         "as in the authors' evaluation; their RL rollouts had none: 0)")
     args = ap.parse_args(argv)
     if args.ckpt:
         try:
-            ckpt = load_checkpoint(args.ckpt)
-            export_checkpoint(ckpt, args.out, DTYPES[args.dtype], source=args.ckpt)
+            export_checkpoint(load_checkpoint(args.ckpt), args.out, DTYPES[args.dtype], source=args.ckpt)
         except CheckpointError as e:
             raise UserError(str(e))
-        print(f"wrote {args.out}: config.json, model.safetensors, {TOKENIZER_FILE}, README.md "
+        print(f"wrote {args.out}: config.json, model.safetensors, the tokenizer, README.md "
               f"(load with transformers.OlmoForCausalLM.from_pretrained)")
-    else:
-        if os.path.isdir(args.out):
-            raise UserError(f"--out {args.out} is a folder; give the checkpoint file to write, e.g. {args.out}/ckpt.pt")
-        ckpt = import_hf(args.from_hf, args.tokenizer, args.vocab_size)
-        save_checkpoint(args.out, ckpt)
-        c = ckpt["config"]
-        print(f"wrote {args.out}: kind hf-import, {c['n_layer']} layers, d {c['n_embd']}, vocab {c['vocab_size']}, "
-              f"tokenizer {ckpt['tokenizer']}")
+        return
+    if os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a folder; give the checkpoint file to write, e.g. {args.out}/ckpt.pt")
+    prompt_bos = None if args.prompt_bos is None else bool(args.prompt_bos)
+    ckpt = import_hf(args.from_hf, args.tokenizer, args.vocab_size, args.eos_id, prompt_bos, args.revision)
+    save_checkpoint(args.out, ckpt)
+    c, tok = ckpt["config"], get_tokenizer(ckpt["tokenizer"])
+    print(f"wrote {args.out}: kind hf-import, {c['n_layer']} layers, d {c['n_embd']}, vocab {c['vocab_size']}, "
+          f"tied {c['tie_embeddings']}, {tok!r}")
 
 
 if __name__ == "__main__":

@@ -307,3 +307,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     r = subprocess.run([sys.executable, str(ROOT / "classify.py"), str(tmp_path / "missing.jsonl")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_gsm8k_gold_is_parsed_once():
+    """classify and data.benchmarks read a GSM8K answer field the same way (commas stripped)."""
+    from classify import gold_answer
+    from data.benchmarks import gsm8k_gold
+    assert gold_answer("so 3 + 4 = 7\n#### 1,234") == gsm8k_gold("so 3 + 4 = 7\n#### 1,234") == "1234"
+    assert gold_answer(" 42 ") == "42"

@@ -1,5 +1,6 @@
-"""export.py: our checkpoints <-> Hugging Face OLMo folders. transformers / safetensors are test-only
-dependencies (requirements-bench.txt): the tests that need them skip, with the reason, where absent."""
+"""export.py: our checkpoints <-> Hugging Face OLMo folders (models made elsewhere, with their own tokenizer.json:
+tests/test_hf_import.py). transformers is a test-only dependency (requirements-bench.txt): the tests that need it
+skip, with the reason, where absent."""
 import json
 import os
 import subprocess
@@ -94,20 +95,17 @@ def test_cli_round_trip_and_the_imported_checkpoint_loads(tmp_path):
     model_from_checkpoint(back)  # rl.py / evaluate.py build their model this way
 
 
-def test_safetensors_file_reads_with_the_library(tmp_path):
-    try:
-        import safetensors.torch as st
-    except ImportError:
-        pytest.skip("safetensors is not installed (pip install -r requirements-bench.txt)")
+def test_weights_file_is_plain_safetensors(tmp_path):
+    """Written and read with the safetensors package, with the metadata transformers expects; a file that is
+    not one is a one-line error."""
+    from safetensors import safe_open
     ck, _, out = exported(tmp_path, dtype=torch.bfloat16)
-    theirs = st.load_file(out / "model.safetensors")
-    ours, meta = export.read_safetensors(out / "model.safetensors")
-    assert meta == {"format": "pt"} and sorted(theirs) == sorted(ours)
-    assert all(torch.equal(theirs[k].view(torch.uint8), ours[k].view(torch.uint8)) for k in ours)
-    # and a file the library writes reads back with ours
-    st.save_file({"a": torch.arange(6.0).view(2, 3), "b": torch.ones(3, dtype=torch.bfloat16)}, tmp_path / "x.st")
-    got, _ = export.read_safetensors(tmp_path / "x.st")
-    assert torch.equal(got["a"], torch.arange(6.0).view(2, 3)) and got["b"].dtype == torch.bfloat16
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"} and "lm_head.weight" in f.keys()
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]  # written atomically, temp file gone
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(UserError, match="not a readable safetensors file"):
+        export.load_safetensors(str(tmp_path / "bad.safetensors"))
 
 
 def _one_line_error(r):
@@ -156,18 +154,20 @@ def test_import_refuses_what_we_cannot_represent(tmp_path, change, why):
 
 def test_import_refuses_extra_weights_and_foreign_tokenizers(tmp_path, capsys):
     _, _, out = exported(tmp_path)
-    w, meta = export.read_safetensors(out / "model.safetensors")
-    export.write_safetensors(out / "model.safetensors", {**w, "model.layers.0.self_attn.q_proj.bias": torch.zeros(64)}, meta)
+    w = export.load_safetensors(out / "model.safetensors")
+    export.save_safetensors(out / "model.safetensors", {**w, "model.layers.0.self_attn.q_proj.bias": torch.zeros(64)})
     assert "biases" in _main_error(capsys, "--from-hf", out, "--out", tmp_path / "x.pt")
-    export.write_safetensors(out / "model.safetensors", w, meta)
-    # no sidecar: a cl100k prefix is inferred from the vocab size, but only if eos is its end-of-text
+    export.save_safetensors(out / "model.safetensors", w, {"format": "pt"})
+    # no tokenizer at all: never a guess, one line naming the fix; --tokenizer cl100k says which
     os.unlink(out / export.TOKENIZER_FILE)
-    assert export.import_hf(out)["tokenizer"] == {"name": "cl100k", "vocab_size": V}
+    assert "no tokenizer.json" in _main_error(capsys, "--from-hf", out, "--out", tmp_path / "x.pt")
+    assert export.import_hf(out, tokenizer="cl100k")["tokenizer"] == {"name": "cl100k", "vocab_size": V}
+    assert export.import_hf(out, tokenizer="cl100k", vocab_size=4000)["tokenizer"]["vocab_size"] == 4000
+    # a sidecar whose end-of-text is not the config's
+    _, _, out = exported(tmp_path / "again")
     cfg = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**cfg, "eos_token_id": 7}))
-    with pytest.raises(UserError, match="another tokenizer"):
-        export.import_hf(out)
-    assert export.import_hf(out, name="cl100k", vocab_size=4000)["tokenizer"]["vocab_size"] == 4000
+    assert "is not the end-of-text" in _main_error(capsys, "--from-hf", out, "--out", tmp_path / "x.pt")
 
 
 # ---------------------------------------------------------------- against transformers
@@ -229,8 +229,8 @@ def test_hf_model_in_memory_matches_export(tmp_path):
 @needs_hf
 @pytest.mark.parametrize("tie", [False, True])
 def test_import_of_a_model_saved_by_transformers(tmp_path, tie):
-    """An OLMo made elsewhere: transformers' own save_pretrained folder (no tokenizer_spec.json) imports and
-    computes the same logits in model.py."""
+    """An OLMo made elsewhere: transformers' own save_pretrained folder (no tokenizer files) imports with
+    --tokenizer cl100k and computes the same logits in model.py."""
     from transformers import OlmoConfig
     torch.manual_seed(1)
     cfg = OlmoConfig(vocab_size=V, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
@@ -238,9 +238,9 @@ def test_import_of_a_model_saved_by_transformers(tmp_path, tie):
                      pad_token_id=None)
     hf = OlmoForCausalLM(cfg).eval()
     hf.save_pretrained(tmp_path / "made-elsewhere")
-    ck = export.import_hf(tmp_path / "made-elsewhere")
+    ck = export.import_hf(tmp_path / "made-elsewhere", tokenizer="cl100k")  # no tokenizer.json: say which
     assert ck["config"]["mlp_hidden"] == 160 and ck["config"]["rope_theta"] == 20000.0
-    assert ck["tokenizer"] == {"name": "cl100k", "vocab_size": V}  # inferred: eos is the last id
+    assert ck["tokenizer"] == {"name": "cl100k", "vocab_size": V}
     ours = model_from_checkpoint(ck).eval()
     x = torch.randint(0, V, (2, 33))
     with torch.no_grad():
