@@ -415,3 +415,22 @@ def test_ei_samples_at_top_p_and_restarts_each_round_from_the_original_weights(t
         assert all(torch.equal(s[k], original[k]) for k in original)
     assert not torch.equal(res["model"].lm_head.weight, original["lm_head.weight"])  # it did learn something
     assert res["train"][-1]["kept"] > 0 and "kept_format_shares" in res["train"][-1]
+
+
+def test_cuda_rollouts_sample_from_a_bf16_copy_refreshed_in_place(tiny):
+    """On CUDA rollouts use a bf16 copy of the policy (no autocast inside the decode graph), made once and refreshed
+    in place before each rollout, so it always samples the current weights. Run here on the CPU by naming the
+    device "cuda" in a stand-in run (the branch only reads the name)."""
+    from types import SimpleNamespace
+    from contextlib import nullcontext
+    model = model_from_checkpoint(tiny["path"])
+    run = SimpleNamespace(args=SimpleNamespace(gen_batch=8, max_new_tokens=2, temperature=1.0, top_p=1.0),
+                          device="cuda", autocast=nullcontext, sampler=None, tok=tiny["tok"])
+    rl.rollout(run, model, tiny["prompt_ids"][:2], 2, ("t", 0))
+    first = run.sampler
+    assert first is not model and first.lm_head.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # an update
+    out = rl.rollout(run, model, tiny["prompt_ids"][:2], 2, ("t", 1))
+    assert run.sampler is first and len(out) == 4
+    assert torch.equal(first.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
