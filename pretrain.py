@@ -51,6 +51,9 @@ def get_args(argv=None):
     p.add_argument("--unit", type=int, default=None,
                    help="documents in one copy of a synthetic source (default: data.mixture.DEFAULT_UNIT)")
     p.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary (cl100k prefix + EOT)")
+    p.add_argument("--tokenizer", default=None,
+                   help="a Hugging Face tokenizer instead of the cl100k prefix: a model folder with tokenizer.json "
+                        "(or the file), e.g. the Llama-2 tokenizer the paper used; the vocab size follows from it")
     p.add_argument("--n-layer", type=int, default=None, help="override the preset's layer count")
     p.add_argument("--n-head", type=int, default=None, help="override the preset's head count")
     p.add_argument("--n-embd", type=int, default=None, help="override the preset's width")
@@ -105,6 +108,13 @@ def resolve(args, world=1):
         per_rank = args.total_batch_size // world
         args.batch_size = max(d for d in range(1, min(args.batch_size, per_rank) + 1) if per_rank % d == 0)
     mcfg = dict(PRESETS[args.preset])
+    if args.tokenizer is not None:  # the vocabulary is the tokenizer's; checkpoints save its full spec
+        from data.tokenizer import get_tokenizer
+        tok = get_tokenizer(args.tokenizer)
+        if args.vocab_size not in (None, tok.vocab_size):
+            raise UserError(f"--vocab-size {args.vocab_size} != the vocab of --tokenizer {args.tokenizer} "
+                            f"({tok.vocab_size}): drop --vocab-size")
+        args.vocab_size = tok.vocab_size
     for k in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "mlp_hidden"):
         if getattr(args, k) is not None:
             mcfg[k] = getattr(args, k)
@@ -238,7 +248,7 @@ def main(argv=None):
     # ---- data: build (or reuse) the tokenized mixture; only rank 0 builds, the rest wait and read it
     from data import prepare_mixture, open_mixture, get_tokenizer
     if master:
-        mix_dir = prepare_mixture(args.mix, args.vocab_size, args.data_dir, seed=args.seed,
+        mix_dir = prepare_mixture(args.mix, args.tokenizer or args.vocab_size, args.data_dir, seed=args.seed,
                                   max_docs=args.max_docs, unit=args.unit)
     if ddp:
         holder = [mix_dir if master else None]

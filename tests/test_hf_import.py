@@ -274,3 +274,20 @@ def test_one_evaluation_on_the_imported_model(imported_150m, tmp_path, generate_
     assert s["num_problems"] == 3 and sum(s["format_shares"].values()) == pytest.approx(1.0)
     assert generate_spy and all(c["eos_id"] == 2 for c in generate_spy)
     assert all(p[0] == 1 for c in generate_spy for p in c["prompts"]), "eval prompts must start with BOS (prompt_bos)"
+
+
+
+def test_pretrain_with_an_hf_tokenizer(tmp_path, tk):
+    """pretrain.py --tokenizer DIR trains on the Hugging Face tokenizer: the vocab follows from it and the checkpoint
+    carries its spec, so every later script rebuilds the same tokenizer."""
+    import pretrain
+    from data.tokenizer import get_tokenizer
+    folder = tmp_path / "hf"
+    authors_folder(folder, tk)
+    out = tmp_path / "pt"
+    pretrain.main(["--tokenizer", str(folder), "--mix", "syn-omi2:1", "--unit", "60", "--data-dir",
+                   str(tmp_path / "cache"), "--out-dir", str(out), "--max-iters", "2", "--n-layer", "1", "--n-embd",
+                   "32", "--n-head", "2", "--block-size", "64", "--samples", "0", "--eval-interval", "0", "--no-tqdm"])
+    ck = load_checkpoint(str(out / "ckpt.pt"))
+    tok = get_tokenizer(ck["tokenizer"])
+    assert ck["tokenizer"]["name"] == "hf" and ck["config"]["vocab_size"] == tok.vocab_size == tk.get_vocab_size()
