@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 from classify import format_labels, format_metrics  # one implementation of format shares, used everywhere
 
-from common import ArgParser, UserError, atomic_write_bytes, atomic_write_json, check_out_dir, main_guard, pick_device, \
-    seed_everything, set_threads
+from common import ArgParser, UserError, atomic_write_bytes, atomic_write_json, check_out_dir, main_guard, \
+    seed_everything, set_threads, setup_distributed
 
 
 def default_max_new_tokens(benchmark):
@@ -415,18 +415,6 @@ def _label(path, taken):
 
 
 # ---------------------------------------------------------------- distributed (torchrun)
-def setup_distributed(device):
-    """(rank, world, device). Under torchrun: gloo on the CPU, nccl with one GPU per local rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, device
-    import torch.distributed as dist
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
 def gather(obj, world):
     if world == 1:
         return [obj]
@@ -507,7 +495,7 @@ def main(argv=None):
     args = get_args(argv)
     set_threads(args.threads)
     seed_everything(args.seed)
-    rank, world, device = setup_distributed(pick_device(args.device))
+    device, _, rank, world = setup_distributed(args.device)  # torchrun: one GPU per local rank
     try:
         if args.ckpt == [DEFAULT_CKPT] and not os.path.exists(DEFAULT_CKPT):
             raise UserError(f"no checkpoint at {DEFAULT_CKPT}: run python pretrain.py first, or pass --ckpt")
