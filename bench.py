@@ -5,6 +5,7 @@ Speed and memory of this codebase against a reference, side by side in one run, 
     python bench.py                              # the CPU, more repeats
     python bench.py --device cuda --preset 150m  # a GPU: adds the 150m preset's MFU (bf16, compile, flash)
     python bench.py --smoke                      # tiny shapes, seconds: checks that every section runs
+    python bench.py --sections data              # data.prepare: tokens/s at 1 and 2 workers, peak memory (opt-in)
 
 What it measures (each against a reference measured in the same process, runs alternated after warm-up):
 - training tokens/s of model.py vs transformers' OlmoForCausalLM with the same config and weights (export.py's
@@ -77,7 +78,7 @@ def get_args(argv=None):
     if args.mfu_micro < 0:
         raise UserError(f"--mfu-micro must be >= 0, got {args.mfu_micro}")
     args.sections = set(args.sections.split(","))
-    bad = args.sections - {"train", "mfu", "gen", "sandbox", "rl"}
+    bad = args.sections - {"train", "mfu", "gen", "sandbox", "rl", "data"}
     if bad:
         raise UserError(f"unknown --sections {sorted(bad)}")
     return args
@@ -564,6 +565,90 @@ def profile(cfg, device, dtype, args):
         print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+# ---------------------------------------------------------------- data: a mixture's tokenization (issue 18)
+DATA_ROWS = (50000, 200000)  # rows per file (TinyGSM-like parquet + OMI-2-like JSON lines) of the two builds
+DATA_INPUTS = os.path.join("out", "bench-data")  # scripts/make_bench_data.py's files, kept between runs
+
+
+def _tree_pss_mb(pid):
+    """Memory of a process and all its descendants, in MB of PSS (a page the forked workers share counts once)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                m = re.search(r"^Pss:\s+(\d+) kB", f.read(), re.M)
+            total += int(m.group(1)) if m else 0
+        except OSError:
+            pass
+    return total / 1024
+
+
+def bench_data(args):
+    """python -m data.prepare (vocab 32768) on hub-layout local files that scripts/make_bench_data.py writes (kept in
+    out/bench-data/), at two sizes with 1 and 2 workers, each into a fresh cache: tokens/s over the build's own
+    time (meta.json "seconds", from planning to manifest; wall-clock with interpreter start-up beside it) and the
+    peak memory of the whole process tree, sampled every 50 ms. Prints its own table; keys data_*."""
+    import subprocess
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts"))
+    import make_bench_data
+    from data.mixture import open_mixture
+    sizes = (300, 1200) if args.smoke else DATA_ROWS
+    res, rows = {"data_rows": list(sizes)}, []
+    for n in sizes:
+        t0 = time.perf_counter()
+        src = make_bench_data.write(DATA_INPUTS, n)
+        res[f"data_generate_s_{n}"] = round(time.perf_counter() - t0, 1)
+        mix = f"tinygsm={src}/TinyGSM:1,omi2={src}/OpenMathInstruct-2:1"
+        for w in (1, 2):
+            cache = tempfile.mkdtemp(prefix="bench-data-")
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            t0, peak = time.perf_counter(), 0.0
+            p = subprocess.Popen([sys.executable, "-m", "data.prepare", "--mix", mix, "--vocab-size", "32768",
+                                  "--workers", str(w), "--out", cache], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+            while p.poll() is None:
+                peak = max(peak, _tree_pss_mb(p.pid))
+                time.sleep(0.05)
+            wall = time.perf_counter() - t0
+            out = p.stdout.read().strip().splitlines()
+            if p.returncode or not out:
+                raise UserError(f"data.prepare failed on {src} (rc {p.returncode})")
+            meta = open_mixture(out[-1])["meta"]
+            shutil.rmtree(cache, ignore_errors=True)
+            tokens = sum(s["tokens"] + s["val_tokens"] for s in meta["sources"].values())
+            k = f"{n}_w{w}"
+            res.update({f"data_tokens_{n}": tokens, f"data_tok_per_s_{k}": round(tokens / meta["seconds"]),
+                        f"data_build_s_{k}": meta["seconds"], f"data_wall_s_{k}": round(wall, 1),
+                        f"data_peak_mb_{k}": round(peak, 1), f"data_load_avg_{k}": load})
+            rows.append((f"{n:,} + {n:,} rows ({tokens / 1e6:.1f}M tokens)", str(w), f"{tokens / meta['seconds']:,.0f}",
+                         f"{meta['seconds']:.1f} / {wall:.1f}", f"{peak:,.0f}", "-" if load is None else f"{load:.1f}"))
+        res[f"data_speedup_2w_{n}"] = round(res[f"data_tok_per_s_{n}_w2"] / res[f"data_tok_per_s_{n}_w1"], 2)
+    small, big = sizes
+    res["data_peak_ratio_big_vs_small"] = round(max(res[f"data_peak_mb_{big}_w{w}"] / res[f"data_peak_mb_{small}_w{w}"]
+                                                    for w in (1, 2)), 2)
+    # the paper's 150m mixture (~52B tokens) on 16 cores, if 16 workers scale as 2 did here
+    per_worker = res[f"data_tok_per_s_{big}_w2"] / 2
+    res["data_52b_hours_16_cores"] = round(52e9 / (16 * per_worker) / 3600, 1)
+    head = ("data.prepare, vocab 32768", "workers", "tokens/s", "build / wall s", "peak MB (all procs)", "load")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(wd) if i == 0 else c.rjust(wd) for i, (c, wd) in enumerate(zip(r, widths)))
+    print("\n".join([line(head), "-" * len(line(head))] + [line(r) for r in rows]))
+    print(f"2 workers vs 1: {', '.join(str(res[f'data_speedup_2w_{n}']) + 'x' for n in sizes)}; peak memory "
+          f"{big:,} vs {small:,} rows: {res['data_peak_ratio_big_vs_small']}x; 52B tokens on 16 cores: about "
+          f"{res['data_52b_hours_16_cores']} h\n")
+    return res
+
+
 # ---------------------------------------------------------------- report
 def table(res):
     def f(x, unit=""):
@@ -648,7 +733,8 @@ def main(argv=None):
                 ("mfu", lambda: bench_mfu(args, device) if cuda else {}),
                 ("gen", lambda: bench_generate(args, cfg, device, dtype)),
                 ("sandbox", lambda: bench_sandbox(args)),
-                ("rl", lambda: bench_rl(args, device))]
+                ("rl", lambda: bench_rl(args, device)),
+                ("data", lambda: bench_data(args))]
     for name, fn in sections:
         if name not in args.sections:
             continue

@@ -1,11 +1,13 @@
 """
 Small helpers every script shares: one-line user errors and the argument parser, JSONL logs, atomic writes, the
-warmup + cosine schedule, resume's argument merge, torchrun set-up, text tables, seeds, threads.
+warmup + cosine schedule, resume's argument merge, torchrun set-up and collectives, text tables, seeds, threads;
+a training run's update step (all-reduce, clip, finite check), divergence guard, resume and log.
 
 Kept tiny on purpose: each script should still read top to bottom without chasing helpers.
 """
 import argparse
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -247,3 +249,155 @@ def setup_distributed(device_flag):
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return device, ddp, rank, world
+
+
+def all_sum(t, ddp):
+    """Sum a tensor over ranks in place (identity on one process); stats stay float64 on the device until read."""
+    if ddp:
+        import torch.distributed as dist
+        dist.all_reduce(t)
+    return t
+
+
+def all_gather(items, world):
+    """One list per rank -> their concatenation in rank order (the list itself on one process)."""
+    if world == 1:
+        return list(items)
+    import torch.distributed as dist
+    out = [None] * world
+    dist.all_gather_object(out, list(items))
+    return [x for part in out for x in part]
+
+
+# ------------------------------------------------------------------------------------------------ updates
+def set_lr(opt, lr):
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def apply_update(pairs, bad, grad_clip, ddp):
+    """All-reduce, clip and step each (module, optimizer); skip every step if a loss (the device flag `bad`) or a
+    grad is non-finite. All ranks decide alike: the grads are summed, so one bad rank is seen everywhere.
+    Returns (ok, the first module's grad norm); the one host sync of an update."""
+    norms = []
+    for module, _ in pairs:
+        if ddp:
+            import torch.distributed as dist
+            for p in module.parameters():
+                if p.grad is None:  # a rank with no rows this step still joins every collective
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+        norms.append(torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip or float("inf")))
+    bad = all_sum(bad.double().reshape(1), ddp)
+    ok = bool((bad == 0).all() & torch.stack([torch.isfinite(g) for g in norms]).all())
+    for _, opt in pairs:
+        if ok:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    return ok, float(norms[0])
+
+
+class Diverged(UserError):
+    pass
+
+
+def guard(ok, bad_in_a_row, step, save_fn, say=print, what="update"):
+    """Count non-finite updates in a row; 3 in a row call save_fn() (skipped updates never touch the weights, so the
+    saved ones are the last good ones) and stop with Diverged. Returns the new count."""
+    bad_in_a_row = 0 if ok else bad_in_a_row + 1
+    if bad_in_a_row:
+        say(f"step {step + 1}: non-finite loss or gradient, {what} skipped ({bad_in_a_row} in a row)")
+    if bad_in_a_row >= 3:
+        where = save_fn()
+        raise Diverged(f"{bad_in_a_row} non-finite updates in a row at step {step}: stopping (lower --lr?); "
+                       f"last good weights in {where}")
+    return bad_in_a_row
+
+
+def device_sums(keys, device):
+    """Zeroed float64 accumulators on the device: stats summed without a host sync, read once by read_sums."""
+    return {k: torch.zeros((), dtype=torch.float64, device=device) for k in keys}
+
+
+def read_sums(sums, ddp):
+    """Sum the accumulators over ranks and read them in one host sync -> {key: float}."""
+    keys = list(sums)
+    return dict(zip(keys, all_sum(torch.stack([sums[k] for k in keys]), ddp).tolist()))
+
+
+def log_steps(max_steps, every="log"):
+    """Steps 1, 2, 4, 8, ... ('log') or every N (an int or its digits, e.g. --ckpt-interval 5), and the last."""
+    steps = set(range(int(every), max_steps + 1, int(every))) if every != "log" else \
+        {2 ** i for i in range(max_steps.bit_length()) if 2 ** i <= max_steps}
+    return steps | {max_steps}
+
+
+def phase_times(times, t0, phases):
+    """{phase: seconds} from the wall-clock time each phase ended (a missing phase took 0), plus the total."""
+    last, out = t0, {}
+    for k in phases:
+        out[k] = round(times.get(k, last) - last, 3)
+        last = times.get(k, last)
+    out["total"] = round(last - t0, 3)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ a training run
+# rl.py's set-up and loops share these. `run` is its plain namespace: args, master (rank 0), bar (the progress bar or
+# None), metrics_path, train_log / eval_log (the records logged), resume_ck (the checkpoint resumed from), step,
+# model, tok and init_ck (the pretrained checkpoint it started from).
+def resume_or_resolve(args, explicit, resolve, runtime=(), overrides=()):
+    """A fresh run: resolve(args) (presets filled in, flags checked). --resume: <out-dir>/ckpt.pt's flags, merged by
+    merge_resumed_args (the out dir itself resolved when not given). Returns (args, the checkpoint or None)."""
+    if not args.resume:
+        return resolve(args), None
+    from model import CheckpointError, load_checkpoint
+    if args.out_dir is None:
+        args.out_dir = resolve(copy.copy(args)).out_dir
+    try:
+        ck = load_checkpoint(os.path.join(args.out_dir, "ckpt.pt"))
+    except CheckpointError as e:
+        raise UserError(f"cannot resume: {e}")
+    return merge_resumed_args(args, ck["args"], explicit, runtime, overrides), ck
+
+
+def start_run_log(out_dir, step, resume, config):
+    """config.json, and metrics.jsonl opened by start_metrics (a fresh run's starts with the config record).
+    Returns the records kept."""
+    atomic_write_json(os.path.join(out_dir, "config.json"), config)
+    return start_metrics(os.path.join(out_dir, "metrics.jsonl"), step, resume, config)
+
+
+def log(run, rec):
+    """Rank 0 appends the record to metrics.jsonl and keeps it in run.eval_log or run.train_log."""
+    if run.master:
+        append_jsonl(run.metrics_path, rec)
+        (run.eval_log if rec["type"] == "eval" else run.train_log).append(rec)
+
+
+def say(run, msg):
+    """Print on rank 0, through the progress bar when there is one (it would garble a plain print)."""
+    if run.master:
+        (run.bar.write if run.bar is not None else print)(msg)
+
+
+def restore(run, **states):
+    """On --resume, load each named state (model, optimizer, critic, ...) from the run's checkpoint."""
+    if run.resume_ck:
+        for name, obj in states.items():
+            obj.load_state_dict(run.resume_ck[name])
+        say(run, f"resuming from {run.args.out_dir}/ckpt.pt at step {run.step}")
+
+
+def save(run, state, snapshot):
+    """rl.py's checkpoints, written by rank 0: ckpt.pt (the policy, what it started from and `state`: everything
+    --resume needs) and, at snapshot steps, ckpt-stepNNNNNN.pt (the policy only). Returns ckpt.pt's path."""
+    from model import save_checkpoint
+    args, path = run.args, os.path.join(run.args.out_dir, "ckpt.pt")
+    if run.master:
+        base = {"model": run.model.state_dict(), "config": run.init_ck["config"], "tokenizer": run.tok.spec,
+                "step": run.step, "args": dict(vars(args)), "kind": "rl", "algo": args.algo, "init_ckpt": args.ckpt}
+        if snapshot:
+            save_checkpoint(os.path.join(args.out_dir, f"ckpt-step{run.step:06d}.pt"), base)
+        save_checkpoint(path, {**base, **state})
+    return path

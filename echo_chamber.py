@@ -3,6 +3,8 @@ The main job: the echo chamber at toy scale, on a CPU, in minutes.
 
     python echo_chamber.py                       # seed 1337: pretrain -> evaluate -> RL (GRPO) -> evaluate
     python echo_chamber.py --seed 2              # another seed (its own pretraining and RL)
+    python echo_chamber.py --seeds 1337,2,3,4,5  # several seeds one after another: each check as a count of seeds,
+                                                 # each number as mean +- standard error (out/echo-seeds-<list>-grpo.json)
     python echo_chamber.py --algo ppo            # reuses this seed's pretraining, runs PPO instead
     python echo_chamber.py --kl 0.05             # reuses the pretraining, GRPO with a KL penalty
 
@@ -16,9 +18,12 @@ What it runs, each stage a script you can also run alone (the commands are print
                    (the held-out test set's before / after are rl.py's own step-0 and last evals)
   4. a table of each format's share and accuracy, before and after, and the checks the echo chamber predicts,
      printed and written to <out>/<rl>/result.json.
+A result is a claim over seeds, not one run: CPUs differ in floating point (AVX2 against AVX-512), so the same seed
+pretrains a different model on another machine. --seeds runs the whole job per seed and reports the spread.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,7 +38,12 @@ def get_args(argv=None):
     p = ArgParser(description="The echo chamber at toy scale: pretrain, RL, evaluate before and after, print and "
                               "plot.")
     p.add_argument("--seed", type=int, default=1337, help="seed of pretraining (data, init) and RL")
-    p.add_argument("--out-dir", default=None, help="default out/echo-seed<seed>")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, run one after another (replaces --seed); "
+                                                 "prints each check as a count of seeds and each number as mean +- "
+                                                 "standard error, written to out/echo-seeds-<seeds>[-<rl>].json")
+    p.add_argument("--name", default="echo", help="experiment name: each seed goes to out/<name>-seed<seed> (use one "
+                                                  "per mixture or setting, e.g. --name freq with --pretrain-args)")
+    p.add_argument("--out-dir", default=None, help="default out/<name>-seed<seed> (with --seeds: one per seed)")
     p.add_argument("--algo", default="grpo", choices=["grpo", "ppo", "ei"], help="RL algorithm")
     p.add_argument("--kl", type=float, default=None, help="KL coefficient (default: rl.py's toy default)")
     p.add_argument("--rl-steps", type=int, default=None, help="RL steps (EI: rounds; default: rl.py's toy default)")
@@ -45,7 +55,18 @@ def get_args(argv=None):
     p.add_argument("--pretrain-args", default="", help="extra flags for pretrain.py, as one string")
     p.add_argument("--rl-args", default="", help="extra flags for rl.py, as one string")
     p.add_argument("--no-tqdm", action="store_true", help="no progress bars in the stages")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.seed_list = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else [args.seed]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if not args.seed_list or len(set(args.seed_list)) != len(args.seed_list):
+        raise UserError(f"--seeds must list distinct seeds, got {args.seeds!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
+        raise UserError(f"--name must be letters, digits, '_', '.' or '-', got {args.name!r}")
+    if args.out_dir and len(args.seed_list) > 1:
+        raise UserError("--out-dir names one seed's folder; with several --seeds each goes to out/<name>-seed<seed>")
+    return args
 
 
 def run(cmd):
@@ -71,14 +92,16 @@ def table(title, before, after):
     return title + "\n" + text_table(["format", "share before", "acc before", "share after", "acc after"], rows)
 
 
-@main_guard
-def main(argv=None):
-    args = get_args(argv)
+def rl_tag(args):
+    return args.algo + ("" if args.kl is None else f"-kl{args.kl:g}") + ("" if args.rl_steps is None else f"-s{args.rl_steps}")
+
+
+def run_seed(args, seed):
+    """The whole job for one seed; returns its result dict (also written to <out>/<rl>/result.json)."""
     py = sys.executable
-    out = args.out_dir or os.path.join("out", f"echo-seed{args.seed}")
+    out = args.out_dir or os.path.join("out", f"{args.name}-seed{seed}")
     pre_dir = os.path.join(out, "pretrain")
-    tag = args.algo + ("" if args.kl is None else f"-kl{args.kl:g}") + ("" if args.rl_steps is None else f"-s{args.rl_steps}")
-    rl_dir = os.path.join(out, f"rl-{tag}")
+    rl_dir = os.path.join(out, f"rl-{rl_tag(args)}")
     common = ["--threads", str(args.threads)] + (["--no-tqdm"] if args.no_tqdm else [])
     times = {}
     t_start = time.time()
@@ -92,7 +115,7 @@ def main(argv=None):
         done = ck["step"] >= ck["args"]["max_iters"]
         print(f"{ckpt}: step {ck['step']} of {ck['args']['max_iters']}" + (" (complete, reused)" if done else ""))
     if not done:
-        cmd = [py, "pretrain.py", "--out-dir", pre_dir, "--seed", str(args.seed)] + common
+        cmd = [py, "pretrain.py", "--out-dir", pre_dir, "--seed", str(seed)] + common
         if os.path.exists(ckpt):
             cmd.append("--resume")
         elif args.pretrain_iters:
@@ -100,7 +123,7 @@ def main(argv=None):
         times["pretrain"] = run(cmd + args.pretrain_args.split())
 
     # 2. RL, with its own step-0 and periodic held-out evaluations
-    cmd = [py, "rl.py", "--algo", args.algo, "--ckpt", ckpt, "--out-dir", rl_dir, "--seed", str(args.seed)] + common
+    cmd = [py, "rl.py", "--algo", args.algo, "--ckpt", ckpt, "--out-dir", rl_dir, "--seed", str(seed)] + common
     if args.kl is not None:
         cmd += ["--kl", str(args.kl)]
     if args.rl_steps is not None:
@@ -118,7 +141,7 @@ def main(argv=None):
     for when, path in (("before", ckpt), ("after", os.path.join(rl_dir, "ckpt.pt"))):
         d = os.path.join(rl_dir, f"eval-synthetic-hard-{when}")
         times[f"eval-hard-{when}"] = run([py, "evaluate.py", "--ckpt", path, "--benchmark", "synthetic-hard",
-                                          "--out", d, "--seed", str(args.seed)] + limit + common)
+                                          "--out", d, "--seed", str(seed)] + limit + common)
         summaries[("synthetic-hard", when)] = load_json(os.path.join(d, "summary.json"))
 
     # 4. the result, and the checks the echo chamber predicts (reported, never tuned)
@@ -135,14 +158,20 @@ def main(argv=None):
         "pass@1 higher after RL": a["pass@1"] > b["pass@1"],
         "hard set pass@1 higher after RL (transfer)": ha["pass@1"] > hb["pass@1"],
     }
+    keep = ("pass@1", "format_shares", "format_accuracy", "format_accuracy_se", "sampled")
     result = {
-        "seed": args.seed, "algo": args.algo, "kl": args.kl, "out": rl_dir,
-        "test_before": {k: b[k] for k in ("pass@1", "format_shares", "format_accuracy")},
-        "test_after": {k: a[k] for k in ("pass@1", "format_shares", "format_accuracy")},
+        "seed": seed, "algo": args.algo, "kl": args.kl, "out": rl_dir,
+        "test_before": {k: b[k] for k in keep if k in b},
+        "test_after": {k: a[k] for k in keep if k in a},
         "hard_before": {k: hb[k] for k in ("pass@1", "format_shares", "format_accuracy")},
         "hard_after": {k: ha[k] for k in ("pass@1", "format_shares", "format_accuracy")},
         "winner": top_after, "most_frequent_before": top_before, "most_accurate_before": most_accurate,
+        # RL sees accuracy at its sampling temperature: the sampled eval's view of "most frequent / most accurate"
+        "most_frequent_before_sampled": _top(b.get("sampled", {}).get("format_shares"), real),
+        "most_accurate_before_sampled": _top(b.get("sampled", {}).get("format_accuracy"), real),
         "checks": checks, "seconds": {k: round(v, 1) for k, v in times.items()},
+        "cpu": cpu_name(), "command": " ".join(["python", "echo_chamber.py"] + sys.argv[1:]),
+        "evals": [{k: v for k, v in e.items() if k != "type"} for e in evals],  # the run's eval records, in step order
         "total_seconds": round(time.time() - t_start, 1),
     }
     atomic_write_json(os.path.join(rl_dir, "result.json"), result)
@@ -158,6 +187,85 @@ def main(argv=None):
     print(f"\nformat shares over RL steps: {os.path.join(rl_dir, 'formats.png')}")
     print(f"result: {os.path.join(rl_dir, 'result.json')}  (total {result['total_seconds'] / 60:.1f} min: "
           + ", ".join(f"{k} {v / 60:.1f}" for k, v in times.items()) + ")")
+    return result
+
+
+def cpu_name():
+    """The CPU model (results differ between CPUs: AVX2 against AVX-512 floating point)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+        return platform.processor() or platform.machine()
+
+
+def _top(d, labels):
+    """The label with the largest value in d (None values and missing labels lose), or None without d."""
+    if not d:
+        return None
+    return max(labels, key=lambda f: -1 if d.get(f) is None else d[f])
+
+
+def mean_se(xs):
+    """(mean, standard error of the mean) of a list of numbers; SE is None for one value."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, None
+    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5
+
+
+def aggregate(results):
+    """Several seeds' results -> each check as a count of seeds, each headline number as mean +- SE."""
+    real = [f for f in FORMATS if f != "other"]
+    nums = {
+        "test pass@1 before": [r["test_before"]["pass@1"] for r in results],
+        "test pass@1 after": [r["test_after"]["pass@1"] for r in results],
+        "top format share before": [max(r["test_before"]["format_shares"].get(f, 0) for f in real) for r in results],
+        "top format share after": [max(r["test_after"]["format_shares"].get(f, 0) for f in real) for r in results],
+        "hard pass@1 before": [r["hard_before"]["pass@1"] for r in results],
+        "hard pass@1 after": [r["hard_after"]["pass@1"] for r in results],
+        "minutes": [r["total_seconds"] / 60 for r in results],
+    }
+    for when in ("before", "after"):
+        for k in ("pass@n", "maj@n"):
+            vals = [r[f"test_{when}"].get("sampled", {}).get(k) for r in results]
+            if any(v is not None for v in vals):
+                nums[f"test sampled {k} {when}"] = vals
+    checks = {k: sum(bool(r["checks"][k]) for r in results) for k in results[0]["checks"]}
+    winners = {}
+    for r in results:
+        winners[r["winner"]] = winners.get(r["winner"], 0) + 1
+    return {"seeds": [r["seed"] for r in results], "n": len(results), "checks": checks, "winners": winners,
+            "winner_was_most_frequent": sum(r["winner"] == r["most_frequent_before"] for r in results),
+            "winner_was_most_accurate": sum(r["winner"] == r["most_accurate_before"] for r in results),
+            "numbers": {k: dict(zip(("mean", "se"), mean_se(v)), values=v) for k, v in nums.items()},
+            "results": [os.path.join(r["out"], "result.json") for r in results]}
+
+
+@main_guard
+def main(argv=None):
+    args = get_args(argv)
+    results = [run_seed(args, s) for s in args.seed_list]
+    if len(results) == 1:
+        return
+    agg = aggregate(results)
+    path = os.path.join("out", f"{args.name}-seeds-{'-'.join(map(str, args.seed_list))}-{rl_tag(args)}.json")
+    atomic_write_json(path, agg)
+    n = agg["n"]
+    print(f"\n{n} seeds ({', '.join(map(str, agg['seeds']))}), {args.algo}:")
+    for k, c in agg["checks"].items():
+        print(f"[{c}/{n}] {k}")
+    for k, v in agg["numbers"].items():
+        scale = 1 if k == "minutes" else 100
+        se = "" if v["se"] is None else f" +- {scale * v['se']:.1f}"
+        print(f"{k}: {scale * v['mean']:.1f}{se}" + ("" if k == "minutes" else " %"))
+    print(f"winners: {agg['winners']}; the winner was the most frequent format before RL in "
+          f"{agg['winner_was_most_frequent']}/{n} seeds, the most accurate (greedy) in {agg['winner_was_most_accurate']}/{n}")
+    print(f"summary: {path}")
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 from classify import format_labels, format_metrics  # one implementation of format shares, used everywhere
 
-from common import ArgParser, UserError, atomic_write_bytes, atomic_write_json, check_out_dir, main_guard, \
-    seed_everything, set_threads, setup_distributed
+from common import ArgParser, UserError, all_gather, atomic_write_bytes, atomic_write_json, check_out_dir, \
+    main_guard, seed_everything, set_threads, setup_distributed
 
 
 def default_max_new_tokens(benchmark):
@@ -335,7 +335,33 @@ def plot_compare(rows, path, title=""):
     plt.close(fig)
 
 
-# ---------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------- rl.py's evals
+def eval_record(model, tokenizer, records, step, samples=0, temperature=0.7, top_p=1.0, max_new_tokens=256,
+                batch_size=64, seed=0, eval_fn=None):
+    """rl.py's "eval" record at one step: greedy pass@1 with format shares and accuracy, and with samples > 0 a
+    "sampled" block at the given temperature / top-p (summarize's pass@k, pass@n, maj@n, format shares and
+    accuracy). eval_fn replaces run_eval (tests)."""
+    t0, eval_fn = time.time(), eval_fn or run_eval
+    common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=False)
+    _, s = eval_fn(model, tokenizer, records, n=1, greedy=True, **common)
+    rec = {"type": "eval", "step": step, "pass@1": s["pass@1"], "format_shares": s["format_shares"],
+           "format_accuracy": s["format_accuracy"], "num_problems": s.get("num_problems")}
+    if samples:
+        _, s2 = eval_fn(model, tokenizer, records, n=samples, temperature=temperature, top_p=top_p, greedy=False,
+                        **common)
+        rec["sampled"] = {**s2.get("sampled", {}), "n": samples, "temperature": temperature, "pass@1": s2["pass@1"],
+                          "format_shares": s2["format_shares"], "format_accuracy": s2["format_accuracy"]}
+    rec["seconds"] = round(time.time() - t0, 2)
+    return rec
+
+
+def eval_line(rec):
+    """One printed line for an eval_record: greedy pass@1, the format shares, sampled pass@1."""
+    shares = " ".join(f"{f} {v:.0%}" for f, v in rec["format_shares"].items())
+    extra = f" | sampled pass@1 {rec['sampled']['pass@1']:.3f}" if "sampled" in rec else ""
+    return f"eval step {rec['step']}: pass@1 {rec['pass@1']:.3f} | {shares}{extra}"
+
+
 def plot_formats(eval_records, path):
     """rl.py's formats.png: stacked greedy format shares over RL steps, with greedy (and sampled) pass@1 on top."""
     import matplotlib
@@ -361,6 +387,7 @@ def plot_formats(eval_records, path):
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------- checkpoints
 def expand_ckpts(paths):
     """--ckpt values -> [(path, from_run_dir)]: a directory means its ckpt-step*.pt by step, then its ckpt.pt."""
     out = []
@@ -381,7 +408,8 @@ def expand_ckpts(paths):
 
 
 def load_model(path, device):
-    """A checkpoint -> (model, tokenizer, ckpt dict); anything wrong with it is one UserError line."""
+    """A checkpoint -> (model, tokenizer, ckpt dict); anything wrong with it is one UserError line (rl.py loads its
+    start through this too)."""
     from data import get_tokenizer
     from model import CheckpointError, config_from_dict, model_from_checkpoint, load_checkpoint
     try:
@@ -412,16 +440,6 @@ def _label(path, taken):
         label = f"{base}-{i}"
     taken.add(label)
     return label
-
-
-# ---------------------------------------------------------------- distributed (torchrun)
-def gather(obj, world):
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 # ---------------------------------------------------------------- main
@@ -526,7 +544,7 @@ def main(argv=None):
                                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed + rank,
                                   greedy=not args.no_greedy, progress=rank == 0 and not args.no_tqdm, rule=args.rule)
             del model
-            parts = gather((gens, part), world)
+            parts = all_gather([(gens, part)], world)  # one (generations, summary) per rank
             if rank != 0:
                 continue
             order = {r["id"]: i for i, r in enumerate(records)}

@@ -8,7 +8,6 @@ Hugging Face's OlmoForCausalLM (rotate-half RoPE, gate/up/down MLP) so weights m
 (export.py); we only fuse q/k/v and gate/up into single matmuls because at toy size on a CPU the number
 of ops, not FLOPs, sets the speed.
 """
-import math
 import os
 import time
 import weakref

@@ -46,7 +46,8 @@ def get_args(argv=None):
                         "synthetic sources, 'name=path.jsonl:1' reads a local file in the hub's columns")
     p.add_argument("--out-dir", default=None, help="where ckpt.pt, metrics.jsonl and config.json go "
                                                    "(default out/pretrain-<preset>)")
-    p.add_argument("--data-dir", default=DEFAULT_CACHE, help="where tokenized mixtures are cached")
+    p.add_argument("--data-dir", default=DEFAULT_CACHE, help="where tokenized sources and mixture manifests are "
+                                                             "cached (python -m data.prepare builds the same ones)")
     p.add_argument("--max-docs", type=int, default=None, help="cap on documents per source (real sources)")
     p.add_argument("--unit", type=int, default=None,
                    help="documents in one copy of a synthetic source (default: data.mixture.DEFAULT_UNIT)")
@@ -143,7 +144,11 @@ def lr_at(step, args):
 
 
 class Batches:
-    """Step s, rank r, micro m -> a (B, T+1) token batch; a pure function of (seed, s, r, m)."""
+    """Step s, rank r, micro m -> a (B, T+1) token batch; a pure function of (seed, s, r, m).
+
+    The train stream (a data.mixture.TokenStream over memmapped unit files) is cut into n_chunks sequences of T
+    tokens (each read with the next token as its last target); epoch e visits them in the order of a permutation
+    seeded by (seed, e), kept as int32 (100 MB at the paper's 52B tokens / 2048)."""
 
     def __init__(self, tokens, block_size, seed):
         self.tokens, self.T, self.seed = tokens, block_size, seed
@@ -155,7 +160,8 @@ class Batches:
     def chunk(self, j):
         epoch, i = divmod(j, self.n_chunks)
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_chunks)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_chunks)
+            self._perm = perm.astype(np.int32) if self.n_chunks < 2 ** 31 else perm
             self._perm_epoch = epoch
         start = int(self._perm[i]) * self.T
         return self.tokens[start:start + self.T + 1]
@@ -245,15 +251,22 @@ def main(argv=None):
     if master:
         check_out_dir(args.out_dir)
 
-    # ---- data: build (or reuse) the tokenized mixture; only rank 0 builds, the rest wait and read it
-    from data import prepare_mixture, open_mixture, get_tokenizer
-    if master:
-        mix_dir = prepare_mixture(args.mix, args.tokenizer or args.vocab_size, args.data_dir, seed=args.seed,
-                                  max_docs=args.max_docs, unit=args.unit)
-    if ddp:
-        holder = [mix_dir if master else None]
-        dist.broadcast_object_list(holder)
-        mix_dir = holder[0]
+    # ---- data: build (or reuse) the tokenized mixture before any collective. The first process on each machine
+    # (LOCAL_RANK 0) builds it with every core (data.shards' worker pool); the others wait for its manifest file on
+    # the filesystem. A real build takes hours; inside a collective (a broadcast) the waiting ranks would run into the
+    # process group's timeout, and polling a file costs nothing. On a shared filesystem two machines may build the
+    # same units at once: harmless (each unit is written atomically, with the same bytes), only wasted work, so
+    # prepare big mixtures first with python -m data.prepare (see its --shard-index for SLURM arrays).
+    from data import get_tokenizer, open_mixture, prepare_mixture
+    from data.mixture import mixture_path, wait_for_mixture
+    tok_spec = args.tokenizer or args.vocab_size
+    data_args = dict(seed=args.seed, max_docs=args.max_docs, unit=args.unit)
+    if dist_env()[3] == 0:
+        mix_dir = prepare_mixture(args.mix, tok_spec, args.data_dir, quiet=not master, progress=not args.no_tqdm,
+                                  **data_args)
+    else:
+        mix_dir = wait_for_mixture(mixture_path(args.mix, tok_spec, args.data_dir, **data_args),
+                                   say=lambda m: print(f"rank {rank}: {m}", flush=True))
     mix = open_mixture(mix_dir)
     tok = get_tokenizer(mix["meta"]["tokenizer"])
     batches = Batches(mix["train"], args.block_size, args.seed)
@@ -318,7 +331,7 @@ def main(argv=None):
 
     # ---- the training loop
     tokens_per_step = args.total_batch_size * args.block_size
-    start_step, stop_at = step, args.max_iters
+    stop_at = args.max_iters
     if args.stop_after:
         stop_at = min(stop_at, step + args.stop_after)
     bar = tqdm(total=args.max_iters, initial=step, disable=not master or args.no_tqdm, desc="pretrain",

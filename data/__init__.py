@@ -1,12 +1,14 @@
 """
 data/: where every token the project trains or evaluates on comes from.
 
-    tokenizer.py   get_tokenizer(4096): a prefix of cl100k's merges + end-of-text, offline
+    tokenizer.py   get_tokenizer(4096): a prefix of cl100k's merges + end-of-text, offline (or a tokenizer.json)
     synthetic.py   the embedded GSM-style generator, rendered in the tinygsm / omi1 / omi2 formats
-    sources.py     real pretraining sources (hub id or a local jsonl / parquet file) -> documents
+    sources.py     real pretraining sources: hub id, pinned revision, the split's files, columns; streaming readers
+                   (parquet, JSON lines, JSON arrays; plain, .gz, .zst) for hub files and local copies alike
+    shards.py      each source tokenized once, in work units run by a pool of processes (resumable)
+    mixture.py     "tinygsm:1,omi1:4,..." -> a manifest over tokenized units -> open_mixture() (memmapped streams)
+    prepare.py     python -m data.prepare --mix ... --workers N : tokenize, write the manifest, print its table
     benchmarks.py  load_benchmark("gsm8k" | "math500" | "aime" | "synthetic" | ...) -> [{id, question, gold}]
-    mixture.py     "tinygsm:1,omi1:4,..." -> packed token shards on disk (cached) -> open_mixture()
-    prepare.py     python -m data.prepare --mix ... : build a mixture and print its table
 
 A document is question + "\\n\\n" + solution + end-of-text, no chat template, no BOS (as in the paper).
 A prompt is the raw question + "\\n\\n": the model continues with the solution exactly as in pretraining.
@@ -37,4 +39,4 @@ def document_text(question, solution):
 # the public API, imported after prompt_text so submodules can use it
 from data.tokenizer import get_tokenizer  # noqa: E402
 from data.benchmarks import load_benchmark, BENCHMARKS  # noqa: E402
-from data.mixture import DEFAULT_MIX, prepare_mixture, open_mixture  # noqa: E402
+from data.mixture import DEFAULT_MIX, prepare_mixture, open_mixture, mixture_path  # noqa: E402

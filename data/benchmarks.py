@@ -64,6 +64,27 @@ def load_benchmark(name, split="test", data_dir=None, limit=None):
     return records if limit is None else records[:limit]
 
 
+def load_prompts(prompts_file=None, prompt_set="gsm8k", data_dir=None, limit=None):
+    """RL prompt records {"id", "question", "gold"}: a local JSONL (question/problem/query and gold/answer columns;
+    a GSM8K-style "#### 42" answer is parsed), a benchmark's hub id (openai/gsm8k), or prompt_set's train split."""
+    hub_ids = {hub: name for name, (_, hub, _) in BENCHMARKS.items() if hub}
+    if prompts_file in hub_ids and not os.path.exists(prompts_file):  # e.g. openai/gsm8k
+        return load_benchmark(hub_ids[prompts_file], "train", data_dir=None, limit=limit)
+    if not prompts_file:
+        return load_benchmark(prompt_set, "train", data_dir=data_dir, limit=limit)
+    rows = read_jsonl(prompts_file)
+    out = []
+    for i, r in enumerate(rows[:limit] if limit else rows):
+        q = r.get("question", r.get("problem", r.get("query")))
+        gold = r.get("gold", r.get("answer"))
+        if q is None or gold is None:
+            raise UserError(f"{prompts_file}:{i + 1}: needs a question (or problem) and a gold (or answer) column")
+        if "gold" not in r and "####" in str(gold):
+            gold = gsm8k_gold(gold)
+        out.append({"id": str(r.get("id", f"prompt-{i}")), "question": q, "gold": str(gold)})
+    return out
+
+
 def _rec(id_, question, gold):
     return {"id": str(id_), "question": question, "gold": gold}
 

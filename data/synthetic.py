@@ -24,6 +24,7 @@ Questions always end in "?", so encode(question + "\n\n") is a token prefix of t
 """
 import hashlib
 import random
+import re
 
 from data import prompt_text
 
@@ -67,9 +68,23 @@ SUB = {
 QUESTION_END = ["now", "in the end", "at the end"]
 
 
+# words that carry no arithmetic: names, pronouns, gift names, the closing phrase. Two questions that differ only in
+# them are the same problem to a model, so they must fall in the same split (hashing the raw text put a pretraining
+# question with other names into the test set: 25 of the 200 test questions and 117 of 1,024 RL prompts for seed
+# 1337, scripts/split_leak.py).
+_SURFACE = re.compile(r"\b(" + "|".join(sorted({n for g in NAMES for n, _ in g} | set(GIFTS) | set(QUESTION_END) |
+                                             {"She", "He", "she", "he", "her", "him", "his", "Her", "His"},
+                                             key=len, reverse=True)) + r")\b")
+
+
+def split_key(question):
+    """The question with its surface words masked: what decides its split."""
+    return _SURFACE.sub("_", question)
+
+
 def _bucket(question):
-    """Split membership from the question text alone, so the splits never share a question."""
-    h = int(hashlib.sha1(question.encode()).hexdigest()[:8], 16) % 100
+    """Split membership from the masked question alone, so no two splits share a question up to names."""
+    h = int(hashlib.sha1(split_key(question).encode()).hexdigest()[:8], 16) % 100
     return "pretrain" if h < 80 else "rl" if h < 95 else "test"
 
 

@@ -1,4 +1,5 @@
-"""Tests for data/: tokenizer, synthetic generator, real sources, benchmarks, mixtures. No network, ~15 s."""
+"""Tests for data/: tokenizer, synthetic generator, real sources, benchmarks, mixtures. No network, ~15 s.
+The work-unit build itself (workers, resume, formats, bad files, sharding) is in tests/test_prepare.py."""
 import json
 import os
 import random
@@ -183,36 +184,47 @@ def test_local_sources_skip_and_count_bad_rows(tmp_path):
     assert load_documents("omi2", str(FIX / "omi2.jsonl"), max_docs=1)[0][0].startswith("Eve reads")
     assert load_documents("metamathqa", str(FIX / "metamathqa.jsonl"))[0] == [
         "What is 7 times 6?\n\n7 times 6 is 42.\nThe answer is: 42"]
-    # the same rows as parquet, and a folder of files
+    # the same rows as parquet, and a folder in the hub's layout (data/train-*), searched recursively
     import pyarrow as pa
     import pyarrow.parquet as pq
     rows = [json.loads(line) for line in open(FIX / "omi2.jsonl")]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "omi2.parquet")
+    (tmp_path / "nested" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "nested" / "data" / "train-00000-of-00001.parquet")
     docs, c = load_documents("omi2", str(tmp_path))
     assert len(docs) == 1 and c["skipped"] == 1
-    docs, c = load_documents("tinygsm", str(tmp_path / "omi2.parquet"))  # wrong file: every row skipped
+    one = str(tmp_path / "nested" / "data" / "train-00000-of-00001.parquet")
+    docs, c = load_documents("tinygsm", one)  # wrong file: every row skipped
     assert docs == [] and c["skipped"] == 2
+    with pytest.raises(UserError, match="no metamathqa files"):  # a folder without the hub's file names
+        load_documents("metamathqa", str(tmp_path))
     for bad in ("nope", str(tmp_path / "missing.jsonl")):
         with pytest.raises(UserError):
             load_documents("tinygsm" if bad != "nope" else bad, None if bad == "nope" else bad)
 
 
 def _offline_hub(monkeypatch):
-    """A stand-in `datasets` module whose hub calls fail like an offline machine (no import, no network)."""
+    """Stand-ins whose hub calls fail like an offline machine (no import, no network): `datasets` for benchmarks,
+    the hub filesystem for pretraining sources."""
     fake = types.ModuleType("datasets")
 
     def load_dataset(*a, **k):
         raise ConnectionError("Couldn't reach 'x' on the Hub (LocalEntryNotFoundError)")
 
+    class OfflineFS:
+        def find(self, *a, **k):
+            raise ConnectionError("Couldn't reach 'x' on the Hub (LocalEntryNotFoundError)")
+
+    import data.sources
     fake.load_dataset = load_dataset
     monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.setattr(data.sources, "_hub_fs", OfflineFS)
 
 
 def test_hub_unreachable_is_one_line_user_error(monkeypatch):
     import data.benchmarks
     import data.sources
     _offline_hub(monkeypatch)
-    for probe in (lambda: None, lambda: "huggingface.co unreachable (test)"):  # datasets fails / the probe fails
+    for probe in (lambda: None, lambda: "huggingface.co unreachable (test)"):  # the hub fails / the probe fails
         monkeypatch.setattr(data.sources, "hub_unreachable", probe)
         monkeypatch.setattr(data.benchmarks, "hub_unreachable", probe)
         with pytest.raises(UserError, match="local file") as e:
@@ -300,31 +312,43 @@ def test_prepare_and_open_synthetic_mixture(tmp_path, capsys):
     m = open_mixture(d)
     meta, train = m["meta"], m["train"]
     tok = get_tokenizer(meta["tokenizer"])
-    assert train.dtype == np.uint16 and train.ndim == 1 and len(train) == meta["train"]["tokens"]
+    assert train.dtype == np.uint16 and len(train) == meta["train"]["tokens"]
     src = meta["sources"]
     assert sum(s["tokens"] for s in src.values()) == len(train)
     assert abs(sum(s["share"] for s in src.values()) - 1) < 1e-9
-    n_train = 120 - src["syn-omi1"]["val_documents"]
-    assert src["syn-omi1"]["val_documents"] >= 8
-    assert src["syn-omi1"]["documents"] == 2 * n_train and src["syn-tinygsm"]["documents"] == n_train
-    assert src["syn-omi2"]["documents"] == round(0.5 * n_train)
-    docs = _docs(train, tok.eot_id)
+    n_val = src["syn-omi1"]["val_documents"]
+    n_train = 120 - n_val
+    assert 0 < n_val <= 120 // 5  # about 2% by hash: a handful of 120
+    assert src["syn-omi1"]["documents"] == 2 * n_train and src["syn-omi1"]["base_documents"] == 120
+    assert src["syn-omi2"]["documents"] == round(0.5 * (120 - src["syn-omi2"]["val_documents"]))
+    docs = _docs(train[:], tok.eot_id)
     assert len(docs) == meta["train"]["documents"] == sum(s["documents"] for s in src.values())
     texts = [tok.decode(x[:-1]) for x in docs]
     kinds = ["tinygsm" if "\n\ndef simple" in t else "omi1" if "<llm-code>" in t else
              "omi2" if "\\boxed" in t else "finemath" for t in texts]
-    assert kinds.count("omi1") == 2 * n_train and kinds.count("finemath") == n_train
-    assert len(set(kinds[:20])) >= 3  # shuffled across sources, not source after source
-    # validation streams: per source, whole documents, none of them in train
-    val_texts = {tok.decode(x[:-1]) for x in _docs(m["val"]["syn-omi1"], tok.eot_id)}
-    assert len(val_texts) == src["syn-omi1"]["val_documents"] and not val_texts & set(texts)
-    assert all("<llm-code>" in t for t in val_texts)
-    # the same request is served from the cache; another seed is another mixture
-    before = os.path.getmtime(os.path.join(d, "train.bin"))
+    assert kinds.count("omi1") == 2 * n_train
+    assert kinds.count("finemath") == 120 - src["syn-finemath"]["val_documents"]
+    # the two passes over omi1 are the same documents; the train stream holds each source's generated documents
+    omi1 = [t for t, k in zip(texts, kinds) if k == "omi1"]
+    assert omi1[:n_train] == omi1[n_train:] and len(set(omi1)) == n_train
+    # validation streams: per source, whole documents, none of them in train; train + val = what was generated
+    val_texts = {tok.decode(x[:-1]) for x in _docs(m["val"]["syn-omi1"][:], tok.eot_id)}
+    assert len(val_texts) == n_val and not val_texts & set(texts)
+    assert val_texts | set(omi1) == set(synthetic.documents("omi1", 120, seed=0))
+    # slices across range boundaries equal the concatenation
+    flat = np.concatenate([train[i:i + 97] for i in range(0, len(train), 97)])
+    assert np.array_equal(flat, train[:]) and len(train[5:5]) == 0
+    # the same request is served from its manifest; another seed is another synthetic mixture (other documents),
+    # a new weight over the same sources only writes a manifest (no unit is tokenized again)
+    bins = sorted(tmp_path.glob("tokens/*/*/*.bin"))
+    before = [p.stat().st_mtime_ns for p in bins]
     assert prepare_mixture(mix, 4096, str(tmp_path), seed=0, unit=120, quiet=True) == d
-    assert os.path.getmtime(os.path.join(d, "train.bin")) == before
+    d2 = prepare_mixture("syn-tinygsm:3,syn-omi1:1", 4096, str(tmp_path), seed=0, unit=120, quiet=True)
+    assert d2 != d and [p.stat().st_mtime_ns for p in bins] == before
+    assert open_mixture(d2)["meta"]["sources"]["syn-tinygsm"]["documents"] == 3 * (
+        120 - src["syn-tinygsm"]["val_documents"])
     assert prepare_mixture(mix, 4096, str(tmp_path), seed=1, unit=120, quiet=True) != d
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+    assert not [p for p in tmp_path.rglob(".*") if p.name.startswith((".tmp", ".build"))]
     assert "syn-omi1" in capsys.readouterr().out  # the table
 
 
@@ -354,3 +378,20 @@ def test_prepare_cli(tmp_path, monkeypatch, capsys):
         prepare.main()
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.strip().count("\n") == 0 and "unknown source" in err
+
+
+def test_splits_are_disjoint_up_to_names():
+    # the split hash masks names, pronouns, gift words and the closing phrase: a question renamed stays in its split,
+    # so no held-out question is a pretraining question with other names (raw-text hashing leaked 24 of 200 test
+    # questions for seed 1337)
+    q = "Mia has 5 marbles. She buys 3 more marbles. How many marbles does Mia have now?"
+    renamed = "Kofi has 5 marbles. He buys 3 more marbles. How many marbles does Kofi have in the end?"
+    assert synthetic.split_key(q) == synthetic.split_key(renamed)
+    assert synthetic.split_key(q) != synthetic.split_key(q.replace("5", "6"))  # numbers are kept
+    assert synthetic.split_key(q) != synthetic.split_key(q.replace("marbles", "shells"))  # objects are kept
+    assert "Maxwell" in synthetic.split_key("Maxwell has 2 coins.")  # whole words only ("Max" is a name)
+    pre = {synthetic.split_key(d.split("\n\n", 1)[0]) for f in ("tinygsm", "omi1", "omi2")
+           for d in synthetic.documents(f, 2000, seed=1337)}
+    for split, n in (("test", 200), ("rl", 600)):
+        keys = [synthetic.split_key(p["question"]) for p in synthetic.problems(split, n, seed=0)]
+        assert not pre.intersection(keys), split

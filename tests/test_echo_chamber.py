@@ -43,3 +43,35 @@ def test_main_job_runs_end_to_end(tmp_path):
     # a second run reuses the complete pretraining instead of training again
     p2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p2.returncode == 0 and "(complete, reused)" in p2.stdout
+
+
+def test_seeds_aggregate_counts_checks_and_gives_mean_and_standard_error():
+    sys.path.insert(0, ROOT)
+    import echo_chamber
+    m, se = echo_chamber.mean_se([0.1, 0.3])
+    assert abs(m - 0.2) < 1e-12 and abs(se - 0.1) < 1e-12  # std 0.1414 / sqrt(2)
+    assert echo_chamber.mean_se([0.5]) == (0.5, None)
+
+    def res(seed, before, after, top_after, winner, ok):
+        shares = lambda top: {"tinygsm": 1 - top, "omi1": top, "omi2": 0.0, "other": 0.0}
+        return {"seed": seed, "out": f"o{seed}", "winner": winner, "most_frequent_before": "omi2",
+                "most_accurate_before": "omi1", "total_seconds": 600.0,
+                "test_before": {"pass@1": before, "format_shares": shares(0.5)},
+                "test_after": {"pass@1": after, "format_shares": shares(top_after)},
+                "hard_before": {"pass@1": 0.01}, "hard_after": {"pass@1": 0.02},
+                "checks": {"after: one format at 90% or more": ok, "pass@1 higher after RL": after > before}}
+    agg = echo_chamber.aggregate([res(1, 0.1, 0.3, 0.95, "omi1", True), res(2, 0.2, 0.1, 0.6, "tinygsm", False),
+                                  res(3, 0.1, 0.2, 0.92, "omi1", True)])
+    assert agg["checks"] == {"after: one format at 90% or more": 2, "pass@1 higher after RL": 2}
+    assert agg["winners"] == {"omi1": 2, "tinygsm": 1}
+    assert agg["winner_was_most_accurate"] == 2 and agg["winner_was_most_frequent"] == 0
+    after = agg["numbers"]["test pass@1 after"]
+    assert abs(after["mean"] - 0.2) < 1e-12 and abs(after["se"] - (0.01 / 3) ** 0.5) < 1e-12
+    assert abs(agg["numbers"]["top format share after"]["mean"] - (0.95 + 0.6 + 0.92) / 3) < 1e-12
+
+
+def test_bad_seeds_are_one_line_errors():
+    for flags, needle in ((["--seeds", "1,x"], "comma-separated integers"), (["--seeds", "2,2"], "distinct"),
+                          (["--seeds", "1,2", "--out-dir", "o"], "--out-dir names one seed")):
+        p = subprocess.run([sys.executable, "echo_chamber.py"] + flags, cwd=ROOT, capture_output=True, text=True)
+        assert p.returncode != 0 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -104,3 +103,37 @@ def test_unknown_flag_and_resume_without_checkpoint(tmp_path):
     assert p.returncode == 2 and "unrecognized arguments" in p.stderr
     p = run(["--out-dir", str(tmp_path / "empty"), "--resume"], check=False)
     assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and "no checkpoint" in p.stderr
+
+
+def test_batches_on_the_manifest_are_a_pure_function_of_seed_and_step(tmp_path):
+    # the loader reads a mixture's unit files through memmaps; what a step sees depends on (seed, step) only, so a
+    # fresh loader (a resumed run) gives exactly what one that has already walked through other epochs gives
+    from data import open_mixture, prepare_mixture
+    from pretrain import Batches
+    d = prepare_mixture("syn-omi1:2,syn-finemath:0.5", 4096, str(tmp_path), unit=100, quiet=True)
+    train = open_mixture(d)["train"]
+    walked, fresh = Batches(train, 64, seed=3), Batches(train, 64, seed=3)
+    n = walked.n_chunks
+    for j in (0, n + 5, 3 * n + 1):  # three epochs, each its own permutation
+        walked.get(j, 4)
+    assert torch.equal(walked.get(7, 8), fresh.get(7, 8))
+    assert torch.equal(walked.get(2 * n, 3), Batches(train, 64, seed=3).get(2 * n, 3))
+    assert not torch.equal(Batches(train, 64, seed=4).get(7, 8), fresh.get(7, 8))
+    epoch = sorted(map(tuple, torch.cat([fresh.get(j, 1) for j in range(n)]).tolist()))
+    chunks = sorted(tuple(int(t) for t in train[k * 64:k * 64 + 65]) for k in range(n))
+    assert epoch == chunks  # one epoch visits every chunk of the stream once
+
+
+def test_torchrun_two_processes_on_the_toy_preset_defaults(tmp_path):
+    # the toy preset's batch (8 sequences, micro-batch 8) under 2 processes: 4 each, no accumulation; the first
+    # process builds the data while the second waits for its manifest on the filesystem, outside any collective
+    out, data = str(tmp_path / "run"), str(tmp_path / "data")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run(["--preset", "toy", "--max-iters", "2", "--unit", "300", "--eval-interval", "0", "--samples", "0",
+         "--no-tqdm", "--data-dir", data, "--out-dir", out], env=env,
+        cmd=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "pretrain.py"])
+    ck = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    assert ck["step"] == 2 and cfg["world_size"] == 2 and cfg["batch_size"] == 4 and cfg["grad_accum"] == 1
+    assert cfg["total_batch_size"] == 8 and cfg["mix"] == "syn-tinygsm:1,syn-omi1:1,syn-omi2:1,syn-finemath:0.25"

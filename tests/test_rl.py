@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import rl
-from common import UserError
+from common import UserError, log_steps
 from model import GPT, GPTConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
@@ -125,9 +125,9 @@ def test_lr_schedule_and_snapshots():
     assert rl.lr_at(0, 100, A, 1.0) == pytest.approx(0.1)
     assert rl.lr_at(9, 100, A, 1.0) == pytest.approx(1.0)
     assert rl.lr_at(100, 100, A, 1.0) == pytest.approx(0.1)
-    assert sorted(rl.snapshot_steps(A, 20)) == [1, 2, 4, 8, 16, 20]
+    assert sorted(log_steps(20, A.ckpt_interval)) == [1, 2, 4, 8, 16, 20]  # the snapshot steps (--ckpt-interval)
     A.ckpt_interval = "5"
-    assert sorted(rl.snapshot_steps(A, 12)) == [5, 10, 12]
+    assert sorted(log_steps(12, A.ckpt_interval)) == [5, 10, 12]
 
 
 def test_prompt_order_is_a_function_of_seed_and_step():
@@ -138,10 +138,8 @@ def test_prompt_order_is_a_function_of_seed_and_step():
 
 
 def test_prompts_from_a_local_gsm8k_file(shared_data):
-    import argparse
-    args = argparse.Namespace(prompts=5, prompts_file=str(shared_data / "gsm8k" / "train.jsonl"), prompt_set=None,
-                              data_dir=None)
-    recs = rl.load_prompts(args)
+    from data.benchmarks import load_prompts
+    recs = load_prompts(str(shared_data / "gsm8k" / "train.jsonl"), limit=5)
     assert len(recs) == 5 and recs[0]["gold"] == "72" and recs[0]["question"].startswith("Natalia")
 
 
@@ -387,9 +385,10 @@ def test_value_head_starts_small_random_and_seeded(tiny):
 
 
 def test_abbreviated_flags_are_errors_not_silent_overrides():
+    from presets import rl_args  # rl.py's flags
     with pytest.raises(UserError, match="--max-st"):
-        rl.get_args(["--max-st", "5"])
-    args, explicit = rl.get_args(["--max-steps=5", "--kl", "0.1"])
+        rl_args(["--max-st", "5"])
+    args, explicit = rl_args(["--max-steps=5", "--kl", "0.1"])
     assert args.max_steps == 5 and explicit == {"max_steps", "kl"}
 
 
