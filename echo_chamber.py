@@ -163,8 +163,8 @@ def run_seed(args, seed):
         "seed": seed, "algo": args.algo, "kl": args.kl, "out": rl_dir,
         "test_before": {k: b[k] for k in keep if k in b},
         "test_after": {k: a[k] for k in keep if k in a},
-        "hard_before": {k: hb[k] for k in ("pass@1", "format_shares", "format_accuracy")},
-        "hard_after": {k: ha[k] for k in ("pass@1", "format_shares", "format_accuracy")},
+        "hard_before": {k: hb[k] for k in keep if k in hb},
+        "hard_after": {k: ha[k] for k in keep if k in ha},
         "winner": top_after, "most_frequent_before": top_before, "most_accurate_before": most_accurate,
         # RL sees accuracy at its sampling temperature: the sampled eval's view of "most frequent / most accurate"
         "most_frequent_before_sampled": _top(b.get("sampled", {}).get("format_shares"), real),
@@ -231,7 +231,7 @@ def aggregate(results):
         "minutes": [r["total_seconds"] / 60 for r in results],
     }
     for when in ("before", "after"):
-        for k in ("pass@n", "maj@n"):
+        for k in ("pass@1", "pass@n", "maj@n"):
             vals = [r[f"test_{when}"].get("sampled", {}).get(k) for r in results]
             if any(v is not None for v in vals):
                 nums[f"test sampled {k} {when}"] = vals
@@ -242,6 +242,10 @@ def aggregate(results):
     return {"seeds": [r["seed"] for r in results], "n": len(results), "checks": checks, "winners": winners,
             "winner_was_most_frequent": sum(r["winner"] == r["most_frequent_before"] for r in results),
             "winner_was_most_accurate": sum(r["winner"] == r["most_accurate_before"] for r in results),
+            "winner_was_most_frequent_sampled": sum(r["winner"] == r.get("most_frequent_before_sampled")
+                                                    for r in results),
+            "winner_was_most_accurate_sampled": sum(r["winner"] == r.get("most_accurate_before_sampled")
+                                                    for r in results),
             "numbers": {k: dict(zip(("mean", "se"), mean_se(v)), values=v) for k, v in nums.items()},
             "results": [os.path.join(r["out"], "result.json") for r in results]}
 

@@ -97,16 +97,41 @@ def _ks(n):
     return ks + [n]
 
 
+def format_accuracy_se(rows, labels):
+    """{fmt: standard error of format_metrics' accuracy within fmt, or None}. Samples of one problem are not
+    independent, so the SE is clustered by problem (the ratio estimator's: p = sum c_i / sum n_i over problems i
+    with n_i outputs in fmt, c_i of them correct; SE = sqrt(G/(G-1) * sum (c_i - p n_i)^2) / sum n_i over the G
+    problems with any). With one output a problem it is the usual sqrt(p(1-p)/(G-1)). None below 2 problems."""
+    per = {}
+    for r in rows:
+        f = r["format"] if r["format"] in labels else labels[-1]
+        n_c = per.setdefault(f, {}).setdefault(r["id"], [0, 0])
+        n_c[0] += 1
+        n_c[1] += bool(r["correct"])
+    out = {}
+    for f in labels:
+        groups = list(per.get(f, {}).values())
+        G, N = len(groups), sum(g[0] for g in groups)
+        if G < 2:
+            out[f] = None
+            continue
+        p = sum(g[1] for g in groups) / N
+        out[f] = (G / (G - 1) * sum((c - p * k) ** 2 for k, c in groups)) ** 0.5 / N
+    return out
+
+
 def summarize(generations, n):
     """
     Metrics of a list of generation records (as in generations.jsonl; greedy rows have sample == -1).
 
-    Returns {"num_problems", "pass@1", "format_shares", "format_accuracy", "decoding", ["sampled"]}:
+    Returns {"num_problems", "pass@1", "format_shares", "format_accuracy", "format_accuracy_se", "decoding",
+    ["sampled"]} (format_accuracy_se: format_accuracy_se's clustered standard errors):
     the top-level metrics come from the greedy outputs ("decoding": "greedy"); when there are none, from the
     sampled ones ("decoding": "sampled", pass@1 = mean fraction correct = unbiased pass@1).
     "sampled" (when sampled rows exist) = {"n", "pass@k": {"1": .., "2": .., "4": .., str(n): ..} (unbiased),
     "pass@n": any of the n correct (the paper's pass@64; equals pass@k[str(n)]), "maj@n": the majority answer
-    (majority_vote over the samples in index order) is correct, "format_shares", "format_accuracy"}.
+    (majority_vote over the samples in index order) is correct, "format_shares", "format_accuracy",
+    "format_accuracy_se"}.
     Every problem must have exactly n sampled rows.
     """
     greedy = [g for g in generations if g["sample"] == -1]
@@ -120,6 +145,7 @@ def summarize(generations, n):
             by_id[g["id"]] = bool(g["correct"])
         out["pass@1"] = sum(by_id.values()) / len(by_id)
         out["format_shares"], out["format_accuracy"] = format_metrics(greedy, labels)
+        out["format_accuracy_se"] = format_accuracy_se(greedy, labels)
         out["decoding"] = "greedy"
     if sampled:
         groups = {}
@@ -138,14 +164,16 @@ def summarize(generations, n):
                 # the winner is returned as first written, so this row is the one that cast the first vote for it
                 maj += next(bool(g["correct"]) for g in rows if g["answer"] is not None and g["answer"] == winner)
         shares, acc = format_metrics(sampled, labels)
+        se = format_accuracy_se(sampled, labels)
         out["sampled"] = {"n": n, "pass@k": pass_k, "pass@n": sum(c > 0 for c in counts) / P, "maj@n": maj / P,
-                          "format_shares": shares, "format_accuracy": acc}
+                          "format_shares": shares, "format_accuracy": acc, "format_accuracy_se": se}
         if not greedy:
             out["pass@1"], out["format_shares"], out["format_accuracy"] = pass_k["1"], shares, acc
-            out["decoding"] = "sampled"
+            out["format_accuracy_se"], out["decoding"] = se, "sampled"
     if not generations:
         shares, acc = format_metrics([], labels)
-        out.update({"pass@1": None, "format_shares": shares, "format_accuracy": acc, "decoding": "none"})
+        out.update({"pass@1": None, "format_shares": shares, "format_accuracy": acc,
+                    "format_accuracy_se": {f: None for f in labels}, "decoding": "none"})
     return out
 
 
@@ -345,12 +373,14 @@ def eval_record(model, tokenizer, records, step, samples=0, temperature=0.7, top
     common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=False)
     _, s = eval_fn(model, tokenizer, records, n=1, greedy=True, **common)
     rec = {"type": "eval", "step": step, "pass@1": s["pass@1"], "format_shares": s["format_shares"],
-           "format_accuracy": s["format_accuracy"], "num_problems": s.get("num_problems")}
+           "format_accuracy": s["format_accuracy"], "format_accuracy_se": s.get("format_accuracy_se"),
+           "num_problems": s.get("num_problems")}
     if samples:
         _, s2 = eval_fn(model, tokenizer, records, n=samples, temperature=temperature, top_p=top_p, greedy=False,
                         **common)
-        rec["sampled"] = {**s2.get("sampled", {}), "n": samples, "temperature": temperature, "pass@1": s2["pass@1"],
-                          "format_shares": s2["format_shares"], "format_accuracy": s2["format_accuracy"]}
+        rec["sampled"] = {**s2.get("sampled", {}), "n": samples, "temperature": temperature, "top_p": top_p,
+                          "pass@1": s2["pass@1"], "format_shares": s2["format_shares"],
+                          "format_accuracy": s2["format_accuracy"], "format_accuracy_se": s2.get("format_accuracy_se")}
     rec["seconds"] = round(time.time() - t0, 2)
     return rec
 
@@ -363,7 +393,9 @@ def eval_line(rec):
 
 
 def plot_formats(eval_records, path):
-    """rl.py's formats.png: stacked greedy format shares over RL steps, with greedy (and sampled) pass@1 on top."""
+    """rl.py's formats.png. Left: stacked greedy format shares over RL steps with greedy (and sampled) pass@1 on
+    top. Right, when the evals were sampled: pass@k for each k, and maj@n. The x-axis is symlog (linear below 1,
+    log above) because the collapse is early: the paper plots it on a log scale, and evals sit at 0, 1, 2, 4, ..."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -371,15 +403,29 @@ def plot_formats(eval_records, path):
     if not recs:
         return
     steps = [r["step"] for r in recs]
+    sampled = all("sampled" in r for r in recs)
     formats = list(dict.fromkeys(f for r in recs for f in r["format_shares"]))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 2 if sampled else 1, figsize=(11 if sampled else 7, 4), squeeze=False)
+    ax = axes[0][0]
     ax.stackplot(steps, [[r["format_shares"].get(f, 0.0) for r in recs] for f in formats], labels=formats, alpha=0.6)
     ax.plot(steps, [r["pass@1"] or 0.0 for r in recs], "k-o", ms=3, label="pass@1 (greedy)")
-    if all("sampled" in r for r in recs):
+    if sampled:
         ax.plot(steps, [r["sampled"]["pass@1"] for r in recs], "k--", label="pass@1 (sampled)")
-    ax.set(xlabel="RL step", ylabel="share of outputs / pass@1", ylim=(0, 1), xlim=(steps[0], max(steps[-1], steps[0] + 1)),
-           title="format shares (greedy) on the held-out set")
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    ax.set(xlabel="RL step", ylabel="share of outputs / pass@1", ylim=(0, 1), title="format shares (greedy), held-out")
+    ax.legend(loc="upper left", fontsize=7)
+    if sampled:
+        ax2 = axes[0][1]
+        ks = list(dict.fromkeys(k for r in recs for k in r["sampled"].get("pass@k", {})))
+        for k in sorted(ks, key=int):
+            ax2.plot(steps, [r["sampled"].get("pass@k", {}).get(k) for r in recs], "-o", ms=3, label=f"pass@{k}")
+        ax2.plot(steps, [r["sampled"].get("maj@n") for r in recs], "k--s", ms=3,
+                 label=f"maj@{recs[-1]['sampled'].get('n')}")
+        ax2.set(xlabel="RL step", ylabel="fraction of problems", ylim=(0, 1),
+                title=f"sampled at T {recs[-1]['sampled'].get('temperature')}: diversity")
+        ax2.legend(loc="upper left", fontsize=7)
+    for a in axes[0]:
+        a.set_xscale("symlog", linthresh=1)
+        a.set_xlim(steps[0], max(steps[-1], steps[0] + 1))
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)

@@ -41,7 +41,7 @@ RL = {
     "toy": dict(algo="grpo", prompt_set="synthetic", eval_set="synthetic", prompts=1024, prompts_per_step=16,
                 samples_per_prompt=8, temperature=0.7, top_p=1.0, max_new_tokens=256, lr=1.5e-4, critic_lr=5e-4,
                 kl=0.0, ppo_epochs=1, minibatches=1, micro_batch=32, gen_batch=128, max_steps=30, passes=None,
-                warmup_ratio=0.0, min_lr_ratio=1.0, eval_interval=5, eval_n=200, eval_samples=0, eval_batch=128,
+                warmup_ratio=0.0, min_lr_ratio=1.0, eval_interval="log", eval_n=200, eval_samples=4, eval_batch=128,
                 sft_epochs=2, sft_batch=32),
     "150m": dict(algo="ppo", prompt_set="gsm8k", eval_set="gsm8k", prompts=0, prompts_per_step=64,
                  samples_per_prompt=8, temperature=0.7, top_p=1.0, max_new_tokens=1024, lr=1e-6, critic_lr=7e-6,
@@ -128,7 +128,9 @@ def rl_args(argv=None):
     a("--eval-n", type=int, default=None, help="problems in the held-out eval (0 = all)")
     a("--eval-samples", type=int, default=None, help="samples per problem at the rollout temperature in each "
                                                      "eval, besides greedy (0 = greedy only)")
-    a("--eval-interval", type=int, default=None, help="steps between evals (also at step 0 and the end; 0 = none)")
+    a("--eval-interval", default=None, help="'log': evals at steps 0, 1, 2, 4, 8, ... and the last (the early "
+                                           "collapse, on the paper's log x-axis); N: at 0, every N steps and the "
+                                           "last; 0: none")
     a("--eval-batch", type=int, default=None, help="sequences generated at once in evals")
     a("--ckpt-interval", default="log", help="'log': snapshots at steps 1, 2, 4, 8, ...; N: every N steps "
                                              "(both plus the last; ckpt.pt is rewritten with each)")
@@ -168,6 +170,10 @@ def resolve_rl(args):
         raise UserError("GRPO needs --samples-per-prompt >= 2 (the advantage is relative to the group)")
     if args.ckpt_interval != "log" and not (args.ckpt_interval.isdigit() and int(args.ckpt_interval) > 0):
         raise UserError(f"--ckpt-interval must be 'log' or a positive integer, got {args.ckpt_interval!r}")
-    if min(args.max_steps, args.prompts, args.eval_n, args.eval_samples, args.eval_interval) < 0:
-        raise UserError("--max-steps, --prompts, --eval-n, --eval-samples, --eval-interval must be >= 0")
+    if str(args.eval_interval) != "log":
+        if not str(args.eval_interval).isdigit():
+            raise UserError(f"--eval-interval must be 'log' or an integer >= 0, got {args.eval_interval!r}")
+        args.eval_interval = int(args.eval_interval)
+    if min(args.max_steps, args.prompts, args.eval_n, args.eval_samples) < 0:
+        raise UserError("--max-steps, --prompts, --eval-n, --eval-samples must be >= 0")
     return args

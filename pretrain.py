@@ -398,6 +398,7 @@ def main(argv=None):
     if master:
         print(f"checkpoint: {os.path.join(args.out_dir, 'ckpt.pt')} (step {step}/{args.max_iters})")
     if ddp:
+        dist.barrier()  # rank 0 may still be in its final eval: tearing gloo down under it can abort the peer
         dist.destroy_process_group()
 
 

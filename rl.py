@@ -18,8 +18,8 @@ Choices worth knowing (each a flag):
 - losses are a token-mean over the minibatch (--loss-agg); micro-batching never changes them
 - every random choice is a pure function of (--seed, step): resuming needs only the step, weights and optimizer
 
-Outputs in --out-dir: metrics.jsonl ("config", then "train" every step, "eval" at step 0, every --eval-interval and
-the last), config.json, formats.png, ckpt.pt (--resume), ckpt-stepNNNNNN.pt at steps 1, 2, 4, 8, ... and the last.
+Outputs in --out-dir: metrics.jsonl ("config", then "train" every step, "eval" at step 0, at --eval-interval's steps
+and the last), config.json, formats.png, ckpt.pt (--resume), ckpt-stepNNNNNN.pt at steps 1, 2, 4, 8, ... and the last.
 """
 import copy
 import functools
@@ -302,6 +302,7 @@ def setup(argv, reward_fn, prompts=None, eval_records=None, eval_fn=None):
             raise UserError("--max-steps (rounds) must be positive for ei")
         args.max_steps = max(1, math.ceil(args.passes * len(run.records) / args.prompts_per_step))
     run.snapshots = log_steps(args.max_steps, args.ckpt_interval)  # steps that keep a ckpt-stepNNNNNN.pt
+    run.eval_steps = log_steps(args.max_steps, args.eval_interval) | {0} if args.eval_interval else set()
     if run.master:
         kept = start_run_log(args.out_dir, run.step, args.resume, {
             "type": "config", **vars(args), "world_size": world, "num_prompts": len(run.records),
@@ -311,10 +312,11 @@ def setup(argv, reward_fn, prompts=None, eval_records=None, eval_fn=None):
 
 
 def evaluate(run, model):
-    """At step 0, every --eval-interval steps and the last: the held-out eval on rank 0 (evaluate.eval_record: greedy,
-    and with --eval-samples sampled at the rollout's temperature and top-p), logged, plotted and printed."""
+    """At run.eval_steps (--eval-interval: 0, 1, 2, 4, ... or every N, and the last): the held-out eval on rank 0
+    (evaluate.eval_record: greedy, and with --eval-samples sampled at the rollout's temperature and top-p), logged,
+    plotted and printed."""
     a = run.args
-    if a.eval_interval and (run.step % a.eval_interval == 0 or run.step == a.max_steps):
+    if run.step in run.eval_steps:
         if run.master:
             from evaluate import eval_line, eval_record, plot_formats
             log(run, eval_record(model, run.tok, run.eval_records, run.step, a.eval_samples, a.temperature, a.top_p,

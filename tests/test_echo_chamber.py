@@ -20,7 +20,7 @@ def test_main_job_runs_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.load(open(os.path.join(out, "rl-grpo-s1", "result.json")))
     for k in ("test_before", "test_after", "hard_before", "hard_after"):
-        assert set(res[k]) == {"pass@1", "format_shares", "format_accuracy"}
+        assert set(res[k]) == {"pass@1", "format_shares", "format_accuracy", "format_accuracy_se"}
         assert abs(sum(res[k]["format_shares"].values()) - 1.0) < 1e-9
     # each check is the value its numbers give (a check that always said True or False would fail here)
     b, a, hb, ha = res["test_before"], res["test_after"], res["hard_before"], res["hard_after"]
@@ -34,8 +34,9 @@ def test_main_job_runs_end_to_end(tmp_path):
     evals = [json.loads(ln) for ln in open(os.path.join(out, "rl-grpo-s1", "metrics.jsonl"))]
     evals = [r for r in evals if r["type"] == "eval"]
     assert [r["step"] for r in evals] == [0, 1]
-    assert res["test_before"] == {k: evals[0][k] for k in ("pass@1", "format_shares", "format_accuracy")}
-    assert res["test_after"] == {k: evals[1][k] for k in ("pass@1", "format_shares", "format_accuracy")}
+    keys = ("pass@1", "format_shares", "format_accuracy", "format_accuracy_se")
+    assert res["test_before"] == {k: evals[0][k] for k in keys}
+    assert res["test_after"] == {k: evals[1][k] for k in keys}
     assert res["hard_before"]["pass@1"] == json.load(open(os.path.join(
         out, "rl-grpo-s1", "eval-synthetic-hard-before", "summary.json")))["pass@1"]
     assert os.path.exists(os.path.join(out, "rl-grpo-s1", "formats.png"))

@@ -92,6 +92,11 @@ def test_summarize_a_hand_built_generations_file(tmp_path):
     assert sm["format_shares"] == pytest.approx({"tinygsm": 2 / 12, "omi1": 3 / 12, "omi2": 2 / 12, "other": 5 / 12})
     assert sm["format_accuracy"] == pytest.approx({"tinygsm": 1.0, "omi1": 1 / 3, "omi2": 0.0, "other": 0.0})
 
+    # standard errors clustered by problem: omi1 has A 0/1 and B 1/2 -> p 1/3, residuals -1/3 and +1/3:
+    # sqrt(2/1 * 2/9) / 3 = 2/9; other: A 0/1, C 0/4 -> 0; a format seen in one problem has none
+    assert sm["format_accuracy_se"] == pytest.approx({"tinygsm": None, "omi1": 2 / 9, "omi2": None, "other": 0.0})
+    assert s["format_accuracy_se"] == {"tinygsm": None, "omi1": None, "omi2": None, "other": None}
+
     # sampled only: the top level falls back to the samples and says so
     s2 = summarize([g for g in gens if g["sample"] != -1], n=4)
     assert s2["decoding"] == "sampled" and s2["pass@1"] == pytest.approx(0.25)
@@ -100,6 +105,12 @@ def test_summarize_a_hand_built_generations_file(tmp_path):
     assert "sampled" not in summarize([g for g in gens if g["sample"] == -1], n=1)
     with pytest.raises(ValueError, match="n=8"):
         summarize(gens, n=8)
+
+
+def test_format_accuracy_se_with_one_output_a_problem_is_the_binomial_one():
+    # 4 problems, one greedy omi2 output each, 2 right: p 0.5, SE sqrt(p (1 - p) / (G - 1)) = sqrt(0.25 / 3)
+    gens = [g for i in range(4) for g in _rows(f"P{i}", "1", ("omi2", "1", i < 2), [])]
+    assert summarize(gens, n=1)["format_accuracy_se"]["omi2"] == pytest.approx((0.25 / 3) ** 0.5)
 
 
 def test_pass_at_k_lists_powers_of_two_and_n():

@@ -256,6 +256,14 @@ def test_logging_evals_plot_and_config(tiny, tmp_path):
     assert load_checkpoint(str(tmp_path / "ckpt.pt"))["args"]["samples_per_prompt"] == 4
 
 
+def test_eval_interval_log_evaluates_at_log_spaced_steps_and_the_last(tiny, tmp_path):
+    calls = []
+    rl.train(flags(tiny, tmp_path, "grpo", "--max-steps", "5", "--eval-interval", "log"),
+             reward_fn=yes_reward(tiny), prompts=PROMPTS, eval_records=PROMPTS[:4], eval_fn=fake_eval(calls))
+    evals = [json.loads(ln) for ln in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in evals if r["type"] == "eval"] == [0, 1, 2, 4, 5]
+
+
 @pytest.mark.parametrize("algo", ["ppo", "ei"])
 def test_resume_is_exact(tiny, tmp_path, algo):
     extra = ["--max-steps", "3", "--minibatches", "2", "--micro-batch", "4"]
@@ -317,6 +325,7 @@ def test_bad_input_is_one_line(tiny, tmp_path, capsys):
         ["--ckpt", str(tmp_path / "missing.pt"), "--out-dir", str(tmp_path / "o")],
         ["--algo", "dpo"],
         ["--ckpt", tiny["path"], "--out-dir", str(tmp_path / "o"), "--resume"],
+        ["--ckpt", tiny["path"], "--out-dir", str(tmp_path / "o"), "--eval-interval", "often"],
     ]
     blocker = tmp_path / "file"
     blocker.write_text("x")
