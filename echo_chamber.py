@@ -158,7 +158,7 @@ def run_seed(args, seed):
         "pass@1 higher after RL": a["pass@1"] > b["pass@1"],
         "hard set pass@1 higher after RL (transfer)": ha["pass@1"] > hb["pass@1"],
     }
-    keep = ("pass@1", "format_shares", "format_accuracy", "format_accuracy_se", "sampled")
+    keep = ("pass@1", "format_shares", "format_accuracy", "format_accuracy_se", "num_problems", "sampled")
     result = {
         "seed": seed, "algo": args.algo, "kl": args.kl, "out": rl_dir,
         "test_before": {k: b[k] for k in keep if k in b},

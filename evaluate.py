@@ -365,10 +365,10 @@ def plot_compare(rows, path, title=""):
 
 # ---------------------------------------------------------------- rl.py's evals
 def eval_record(model, tokenizer, records, step, samples=0, temperature=0.7, top_p=1.0, max_new_tokens=256,
-                batch_size=64, seed=0, eval_fn=None):
+                batch_size=64, seed=0, eval_fn=None, sampled_n=0):
     """rl.py's "eval" record at one step: greedy pass@1 with format shares and accuracy, and with samples > 0 a
     "sampled" block at the given temperature / top-p (summarize's pass@k, pass@n, maj@n, format shares and
-    accuracy). eval_fn replaces run_eval (tests)."""
+    accuracy) over the first sampled_n problems (0 = all). eval_fn replaces run_eval (tests)."""
     t0, eval_fn = time.time(), eval_fn or run_eval
     common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=False)
     _, s = eval_fn(model, tokenizer, records, n=1, greedy=True, **common)
@@ -376,11 +376,12 @@ def eval_record(model, tokenizer, records, step, samples=0, temperature=0.7, top
            "format_accuracy": s["format_accuracy"], "format_accuracy_se": s.get("format_accuracy_se"),
            "num_problems": s.get("num_problems")}
     if samples:
-        _, s2 = eval_fn(model, tokenizer, records, n=samples, temperature=temperature, top_p=top_p, greedy=False,
-                        **common)
+        _, s2 = eval_fn(model, tokenizer, records[:sampled_n] if sampled_n else records, n=samples,
+                        temperature=temperature, top_p=top_p, greedy=False, **common)
         rec["sampled"] = {**s2.get("sampled", {}), "n": samples, "temperature": temperature, "top_p": top_p,
                           "pass@1": s2["pass@1"], "format_shares": s2["format_shares"],
-                          "format_accuracy": s2["format_accuracy"], "format_accuracy_se": s2.get("format_accuracy_se")}
+                          "format_accuracy": s2["format_accuracy"], "format_accuracy_se": s2.get("format_accuracy_se"),
+                          "num_problems": s2.get("num_problems")}
     rec["seconds"] = round(time.time() - t0, 2)
     return rec
 

@@ -29,6 +29,7 @@ from common import ArgParser, UserError, main_guard, append_jsonl, atomic_write_
 from model import GPT, GPTConfig, PRESETS, CheckpointError, estimate_mfu, load_checkpoint, save_checkpoint
 
 from presets import PRETRAIN as TRAIN_PRESETS  # optimisation defaults per preset (model shapes: presets.MODEL)
+from data.synthetic import synthetic_options
 
 # flags that may differ on --resume; everything else comes from the checkpoint so the run continues as it was
 RESUME_OVERRIDES = {"resume", "device", "threads", "stop_after", "eval_interval", "ckpt_interval", "max_iters",
@@ -51,6 +52,12 @@ def get_args(argv=None):
     p.add_argument("--max-docs", type=int, default=None, help="cap on documents per source (real sources)")
     p.add_argument("--unit", type=int, default=None,
                    help="documents in one copy of a synthetic source (default: data.mixture.DEFAULT_UNIT)")
+    p.add_argument("--syn-steps", default="1,2",
+                   help="arithmetic steps of the synthetic pretraining problems, drawn uniformly from this list "
+                        "(repeat one to weight it: 1,2,2); RL and test prompts always have 1-2")
+    p.add_argument("--syn-hard-share", default="",
+                   help="FORMAT=SHARE[,...]: that share of one format's synthetic problems gets 3 steps, the harder "
+                        "set's length (the transfer experiment, docs/LOG.md); default none")
     p.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary (cl100k prefix + EOT)")
     p.add_argument("--tokenizer", default=None,
                    help="a Hugging Face tokenizer instead of the cl100k prefix: a model folder with tokenizer.json "
@@ -135,6 +142,7 @@ def resolve(args, world=1):
         raise UserError(f"--n-embd {mcfg['n_embd']} must split into --n-head {mcfg['n_head']} heads of even size")
     if args.max_iters < 0 or args.warmup_iters < 0:
         raise UserError("--max-iters and --warmup-iters must be >= 0")
+    args.syn = synthetic_options(args.syn_steps, args.syn_hard_share)
     return args
 
 
@@ -260,7 +268,7 @@ def main(argv=None):
     from data import get_tokenizer, open_mixture, prepare_mixture
     from data.mixture import mixture_path, wait_for_mixture
     tok_spec = args.tokenizer or args.vocab_size
-    data_args = dict(seed=args.seed, max_docs=args.max_docs, unit=args.unit)
+    data_args = dict(seed=args.seed, max_docs=args.max_docs, unit=args.unit, syn=args.syn)
     if dist_env()[3] == 0:
         mix_dir = prepare_mixture(args.mix, tok_spec, args.data_dir, quiet=not master, progress=not args.no_tqdm,
                                   **data_args)

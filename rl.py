@@ -320,7 +320,8 @@ def evaluate(run, model):
         if run.master:
             from evaluate import eval_line, eval_record, plot_formats
             log(run, eval_record(model, run.tok, run.eval_records, run.step, a.eval_samples, a.temperature, a.top_p,
-                                 a.max_new_tokens, a.eval_batch, derive_seed(a.seed, "eval"), run.eval_fn))
+                                 a.max_new_tokens, a.eval_batch, derive_seed(a.seed, "eval"), run.eval_fn,
+                                 getattr(a, "eval_sampled_n", 0)))
             plot_formats(run.eval_log, run.plot_path)
             say(run, eval_line(run.eval_log[-1]))
         if run.ddp:

@@ -74,10 +74,10 @@ def parse_mix(spec):
     return entries
 
 
-def _plan(mix, tokenizer, out_root, seed, max_docs, unit):
+def _plan(mix, tokenizer, out_root, seed, max_docs, unit, syn=None):
     tok = get_tokenizer(tokenizer)
     entries = parse_mix(mix)
-    plans = [shards.plan_source(e, seed, int(unit or DEFAULT_UNIT), max_docs) for e in entries]
+    plans = [shards.plan_source(e, seed, int(unit or DEFAULT_UNIT), max_docs, syn) for e in entries]
     key = hashlib.sha256(json.dumps({
         "version": VERSION, "units": [shards.VERSION, shards.UNIT_BYTES, shards.VAL_FRACTION], "val_max": VAL_MAX,
         "tokenizer": os.path.basename(shards.tokens_dir(out_root, tok)),
@@ -86,19 +86,20 @@ def _plan(mix, tokenizer, out_root, seed, max_docs, unit):
     return tok, entries, plans, os.path.join(out_root, f"mix-{key}")
 
 
-def mixture_path(mix, tokenizer, out_root, seed=0, max_docs=None, unit=None):
+def mixture_path(mix, tokenizer, out_root, seed=0, max_docs=None, unit=None, syn=None):
     """Where prepare_mixture puts (or finds) this mixture, worked out without reading or building anything."""
-    return _plan(mix, tokenizer, out_root, seed, max_docs, unit)[3]
+    return _plan(mix, tokenizer, out_root, seed, max_docs, unit, syn)[3]
 
 
 def prepare_mixture(mix: str, tokenizer, out_root: str, seed: int = 0, max_docs=None, unit=None, quiet=False,
-                    workers=None, shard=None, progress=True):
+                    workers=None, shard=None, progress=True, syn=None):
     """Build (or reuse) a mixture: tokenize the units not built yet, then write the manifest. Returns its folder,
     or None when shard=(i, w) built its share of units and others are still missing.
 
     tokenizer: a vocab size, a tokenizer spec or a tokenizer.json folder (data.tokenizer.get_tokenizer).
-    quiet: no table, no progress bar; progress=False: the table but no bar (pretrain.py --no-tqdm)."""
-    tok, entries, plans, out = _plan(mix, tokenizer, out_root, seed, max_docs, unit)
+    quiet: no table, no progress bar; progress=False: the table but no bar (pretrain.py --no-tqdm).
+    syn: the synthetic generator's options, {"steps": (1, 2), "hard_share": {"omi1": 0.05}} (synthetic.documents)."""
+    tok, entries, plans, out = _plan(mix, tokenizer, out_root, seed, max_docs, unit, syn)
     if os.path.exists(os.path.join(out, "meta.json")):
         if not quiet:
             print(f"reusing {out}")

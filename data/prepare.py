@@ -22,6 +22,7 @@ also plain enough to run under another engine (datatrove's executors, datasets.m
 from common import ArgParser, UserError, main_guard
 from data.mixture import DEFAULT_CACHE, DEFAULT_MIX, DEFAULT_UNIT, prepare_mixture
 from data.shards import default_workers
+from data.synthetic import synthetic_options
 
 
 def get_args(argv=None):
@@ -35,6 +36,9 @@ def get_args(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic sources (pretrain.py passes its --seed)")
     ap.add_argument("--max-docs", type=int, default=None, help="cap on documents read per source (before copies)")
     ap.add_argument("--unit", type=int, default=DEFAULT_UNIT, help="documents in one copy of a synthetic source")
+    ap.add_argument("--syn-steps", default="1,2", help="arithmetic steps of the synthetic problems (pretrain.py's flag)")
+    ap.add_argument("--syn-hard-share", default="", help="FORMAT=SHARE: 3-step problems in one synthetic format "
+                                                       "(pretrain.py's flag)")
     ap.add_argument("--workers", type=int, default=default_workers(), help="tokenizing processes (default: all cores)")
     ap.add_argument("--shard-index", type=int, default=None, help="build only this share of the units (0-based)")
     ap.add_argument("--num-shards", type=int, default=None, help="how many shares the units are split into")
@@ -47,6 +51,7 @@ def get_args(argv=None):
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     if args.max_docs is not None and args.max_docs < 1:
         raise UserError(f"--max-docs must be >= 1, got {args.max_docs}")
+    args.syn = synthetic_options(args.syn_steps, args.syn_hard_share)
     return args
 
 
@@ -55,7 +60,8 @@ def main(argv=None):
     args = get_args(argv)
     shard = None if args.num_shards is None else (args.shard_index, args.num_shards)
     d = prepare_mixture(args.mix, args.tokenizer or args.vocab_size, args.out, seed=args.seed,
-                        max_docs=args.max_docs, unit=args.unit, workers=args.workers, shard=shard)
+                        max_docs=args.max_docs, unit=args.unit, workers=args.workers, shard=shard,
+                        syn=args.syn)
     if d:
         print(d)
 

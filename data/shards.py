@@ -78,15 +78,17 @@ def generator_hash():
 
 
 # ------------------------------------------------------------------------------------------------ planning
-def plan_source(entry, seed, unit_docs, max_docs):
+def plan_source(entry, seed, unit_docs, max_docs, syn=None):
     """A mixture entry -> its source's identity: what decides its tokens, known without reading the data (no hub
-    call for a pinned revision), so a finished mixture is found again in milliseconds."""
+    call for a pinned revision), so a finished mixture is found again in milliseconds. syn: the synthetic
+    generator's options ({"steps": (1, 2), "hard_share": {"omi1": 0.05}}, see synthetic.documents)."""
     name, path = entry["name"], entry["path"]
     if name in SYNTHETIC:
         n = unit_docs if max_docs is None else min(unit_docs, max_docs)
-        ident = {"synthetic": SYNTHETIC[name], "n": n, "seed": seed, "generator": generator_hash()}
-        return {"name": name, "kind": "synthetic", "dir": f"{name}-seed{seed}-n{n}-{ident['generator']}",
-                "identity": ident, "path": None, "max_docs": max_docs}
+        opts = synthetic.source_options(SYNTHETIC[name], **(syn or {}))
+        ident = {"synthetic": SYNTHETIC[name], "n": n, "seed": seed, "generator": generator_hash(), **opts}
+        d = f"{name}-seed{seed}-n{n}-{ident['generator']}" + (f"-{_sha(opts, 8)}" if opts else "")
+        return {"name": name, "kind": "synthetic", "dir": d, "identity": ident, "path": None, "max_docs": max_docs}
     src = SOURCES[name]
     if path:
         files = local_files(name, path)  # stat only: an edited file is a new identity
@@ -189,7 +191,8 @@ def _rows(unit):
     """The documents of a unit with their row counts: yields (text or None (skipped) or False (filtered))."""
     if unit.get("synthetic"):
         s = unit["synthetic"]
-        yield from synthetic.documents(s["synthetic"], s["n"], seed=s["seed"])
+        yield from synthetic.documents(s["synthetic"], s["n"], seed=s["seed"], steps=s.get("steps", synthetic.STEPS),
+                                       hard_share=s.get("hard_share", 0.0))
         return
     src = SOURCES[unit["source"]]
     kept, cap = 0, unit.get("max_docs")

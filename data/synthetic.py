@@ -305,11 +305,12 @@ def _steps(rng, split):
     return HARD_STEPS if split == "hard" else rng.randint(*STEPS)
 
 
-def _draw(rng, split, style, seen):
-    """One new problem of the split (rejection on the question's hash bucket), not already in `seen`."""
+def _draw(rng, split, style, seen, steps=None):
+    """One new problem of the split (rejection on the question's hash bucket), not already in `seen`; `steps` fixes
+    its arithmetic steps (default: the split's own, drawn anew at each try)."""
     bucket = "test" if split == "hard" else split
     while True:
-        p = _make(rng, style, _steps(rng, split))
+        p = _make(rng, style, steps or _steps(rng, split))
         if _bucket(p["question"]) == bucket and p["question"] not in seen:
             seen.add(p["question"])
             return p
@@ -357,19 +358,85 @@ def _style_for(rng, fmt):
     return rng.choice([s for s in range(3) if s != home])
 
 
-def documents(fmt, n, seed=0):
-    """n pretraining documents (question + "\n\n" + solution, or finemath-like prose), without end-of-text."""
+def documents(fmt, n, seed=0, steps=STEPS, hard_share=0.0):
+    """n pretraining documents (question + "\n\n" + solution, or finemath-like prose), without end-of-text.
+
+    steps: the arithmetic steps of a problem, drawn uniformly from this list (repeat a value to weight it: (1, 2, 2)
+    is a third 1-step, two thirds 2-step). hard_share: the fraction of problems with HARD_STEPS steps instead, the
+    harder set's length, drawn from the pretraining split (so never a harder-set question up to names). RL and the
+    test sets keep STEPS; the defaults reproduce the embedded mixture exactly (no extra random draws)."""
     rng = random.Random(f"docs-{fmt}-{seed}")
     if fmt == "finemath":
         return [_lesson(rng) for _ in range(n)]
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; formats: {FORMATS + ('finemath',)}")
+    steps = tuple(steps)
     seen = set()
     out = []
     for _ in range(n):
-        p = _draw(rng, "pretrain", _style_for(rng, fmt), seen)
+        style = _style_for(rng, fmt)
+        k = None  # the default: _draw's own 1-2 steps, redrawn at each rejection, as before these options
+        if hard_share and rng.random() < hard_share:
+            k = HARD_STEPS
+        elif steps != STEPS:
+            k = rng.choice(steps)
+        p = _draw(rng, "pretrain", style, seen, k)
         out.append(prompt_text(p["question"]) + render(p, fmt))
     return out
+
+
+def parse_steps(spec):
+    """'1,2' -> (1, 2): the --syn-steps list (a repeated value weights it)."""
+    try:
+        steps = tuple(int(x) for x in str(spec).split(",") if x.strip())
+    except ValueError:
+        steps = ()
+    if not steps or any(k not in range(1, HARD_STEPS + 1) for k in steps):
+        raise ValueError(f"bad --syn-steps {spec!r}: expected comma-separated step counts in 1..{HARD_STEPS}, "
+                         f"for example 1,2 or 1,2,2")
+    return steps
+
+
+def parse_hard_share(spec):
+    """'omi1=0.05' -> {"omi1": 0.05}: the --syn-hard-share of one or more formats (comma-separated)."""
+    out = {}
+    for item in (x.strip() for x in str(spec or "").split(",")):
+        if not item:
+            continue
+        fmt, _, share = item.partition("=")
+        try:
+            v = float(share)
+        except ValueError:
+            v = -1.0
+        if fmt.strip() not in FORMATS or not 0 <= v <= 1:
+            raise ValueError(f"bad --syn-hard-share {item!r}: expected FORMAT=SHARE with FORMAT one of "
+                             f"{', '.join(FORMATS)} and SHARE in [0, 1], for example omi1=0.05")
+        out[fmt.strip()] = v
+    return out
+
+
+def synthetic_options(steps_spec="1,2", hard_spec=""):
+    """pretrain.py's / data.prepare's --syn-steps and --syn-hard-share -> the `syn` dict data.mixture takes, or one
+    clear error line."""
+    from common import UserError
+    try:
+        return {"steps": list(parse_steps(steps_spec)), "hard_share": parse_hard_share(hard_spec)}
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def source_options(fmt, steps=STEPS, hard_share=None):
+    """The generator options that change a source's documents (empty at the defaults, so a default mixture keeps its
+    identity and cache): what data/shards.py records in the unit's identity and passes back to documents()."""
+    if fmt not in FORMATS:
+        return {}
+    opts = {}
+    if tuple(steps) != STEPS:
+        opts["steps"] = list(steps)
+    share = (hard_share or {}).get(fmt, 0.0)
+    if share:
+        opts["hard_share"] = share
+    return opts
 
 
 # ---------------------------------------------------------------------------------------------------------

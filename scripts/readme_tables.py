@@ -98,7 +98,7 @@ def main_job_seeds(results):
                            ("" if n[k]["se"] is None else f" +- {s * n[k]['se']:.1f}"))
     lines = [f"`python echo_chamber.py --seeds {','.join(str(r['seed']) for r in res)}` (GRPO; greedy evals on 200 "
              f"held-out problems, sampled ones at T 0.7 with n = {res[0]['test_before'].get('sampled', {}).get('n', '-')}"
-             f"), on {', '.join(cpus)}:", "",
+             f"{_on(res[0]['test_before'])}), on {', '.join(cpus)}:", "",
              md(["seed", "before: tinygsm / omi1 / omi2 share (acc)", "pass@1 before", "after: winner",
                  "pass@1 after", "sampled pass@n / maj@n, before -> after", "hard set pass@1", "checks", "minutes"],
                 rows), "",
@@ -112,6 +112,12 @@ def main_job_seeds(results):
              f"; the winner was the most frequent format before RL in {agg['winner_was_most_frequent']} of "
              f"{agg['n']} seeds and the most accurate (greedy) in {agg['winner_was_most_accurate']}."]
     return "\n".join(lines)
+
+
+def _on(ev):
+    """' on the first N problems' when the sampled evals used fewer problems than the greedy ones."""
+    k = ev.get("sampled", {}).get("num_problems")
+    return f" on the first {k}" if k and k != ev.get("num_problems") else ""
 
 
 def main_job_steps(results, seed=1337):
@@ -130,7 +136,7 @@ def main_job_steps(results, seed=1337):
                                            pct(s.get("pass@n")), pct(s.get("maj@n"))])
     n = r["test_before"].get("sampled", {}).get("n", "n")
     return (f"Seed {seed} step by step (`python echo_chamber.py`; evals at log-spaced steps; greedy share (accuracy "
-            f"+- its standard error) per format; sampled at T 0.7, {n} samples a problem):\n\n" +
+            f"+- its standard error) per format; sampled at T 0.7, {n} samples a problem{_on(r['test_before'])}):\n\n" +
             md(["RL step", "tinygsm", "omi1", "omi2", "greedy pass@1", "sampled pass@1", "pass@2",
                 f"pass@{n}", f"maj@{n}"], rows))
 

@@ -143,6 +143,40 @@ def test_synthetic_steps_and_disjoint_splits():
                 assert not split_q[a] & split_q[b], (a, b)
 
 
+def _ops(doc):
+    """Arithmetic steps of an omi1 document: its code lines with an operator."""
+    return len(re.findall(r"^\w+ = .*[-+*/]", doc, re.M))
+
+
+def test_synthetic_generator_options(tmp_path):
+    # defaults: the embedded mixture exactly (no extra random draws), and the same cache identity
+    assert synthetic.documents("omi1", 200, seed=3, steps=synthetic.STEPS, hard_share=0.0) == \
+        synthetic.documents("omi1", 200, seed=3)
+    assert synthetic.source_options("omi1") == {} and synthetic.source_options("finemath", (1,), {"omi1": 0.5}) == {}
+    hard = synthetic.documents("omi1", 1000, seed=3, hard_share=0.1)
+    n3 = [d for d in hard if _ops(d) == 3]
+    assert 70 <= len(n3) <= 130 and all(_ops(d) in (1, 2, 3) for d in hard)  # ~10%, binomial sd 9.5
+    # 3-step pretraining problems come from the pretraining split: never a harder-set question up to names
+    keys = {synthetic.split_key(d.split("\n\n", 1)[0]) for d in n3}
+    assert not keys & {synthetic.split_key(p["question"]) for p in synthetic.problems("hard", 300, seed=3)}
+    assert {_ops(d) for d in synthetic.documents("omi1", 100, seed=3, steps=(1,))} == {1}
+    two = [_ops(d) for d in synthetic.documents("omi1", 600, seed=3, steps=(1, 2, 2))]
+    assert 0.58 < two.count(2) / 600 < 0.75
+    assert synthetic.synthetic_options("1,2,2", "omi1=0.05") == {"steps": [1, 2, 2], "hard_share": {"omi1": 0.05}}
+    for steps, hard in (("0,1", ""), ("x", ""), ("", ""), ("1,2", "omi3=0.1"), ("1,2", "omi1=2"), ("1,2", "omi1")):
+        with pytest.raises(UserError, match="--syn-"):
+            synthetic.synthetic_options(steps, hard)
+    # the options are part of the mixture's identity: only the source they change gets new units
+    mix = "syn-omi1:1,syn-omi2:1"
+    a = prepare_mixture(mix, 4096, str(tmp_path), seed=0, unit=60, quiet=True)
+    b = prepare_mixture(mix, 4096, str(tmp_path), seed=0, unit=60, quiet=True,
+                        syn={"steps": [1, 2], "hard_share": {"omi1": 0.5}})
+    assert a != b
+    ma, mb = open_mixture(a)["meta"], open_mixture(b)["meta"]
+    assert ma["sources"]["syn-omi2"] == mb["sources"]["syn-omi2"]
+    assert ma["sources"]["syn-omi1"]["tokens"] < mb["sources"]["syn-omi1"]["tokens"]  # 3-step documents are longer
+
+
 def test_synthetic_style_carries_format():
     group = {name: g for g, names in enumerate(synthetic.NAMES) for name, _ in names}
     for home, fmt in enumerate(synthetic.FORMATS):

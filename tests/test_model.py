@@ -34,7 +34,7 @@ def test_architecture_shapes_and_params(capsys):
     assert "parameters" in capsys.readouterr().out
     d, L, V, h = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.mlp_hidden
     # no biases, no norm weights: exactly q,k,v,o + gate,up,down per layer, plus embeddings and head
-    assert m.num_params() == L * (4 * d * d + 3 * d * h) + 2 * V * d == 2_556_288  # TOY.md's 2.56M
+    assert m.num_params() == L * (4 * d * d + 3 * d * h) + 2 * V * d == 1_585_440  # the toy: d 144, SwiGLU 384 (presets.py)
     assert m.num_params(non_embedding=True) == L * (4 * d * d + 3 * d * h)
     assert GPTConfig(n_embd=64, n_head=4).mlp_hidden == 256  # unset: 4d, the paper's
     assert all(p.dim() == 2 for p in m.parameters())

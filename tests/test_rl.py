@@ -225,7 +225,7 @@ def fake_eval(calls):
     """Stands in for evaluate.run_eval: records its arguments, returns a summary of the same shape."""
     def fn(model, tok, records, n=1, temperature=0.7, top_p=0.95, max_new_tokens=256, batch_size=64, seed=0,
            greedy=True, progress=True):
-        calls.append({"n": n, "greedy": greedy, "temperature": temperature, "top_p": top_p})
+        calls.append({"n": n, "greedy": greedy, "temperature": temperature, "top_p": top_p, "problems": len(records)})
         s = {"pass@1": 0.25, "format_shares": {"yes": 0.5, "other": 0.5}, "format_accuracy": {"yes": 1.0, "other": 0.0},
              "num_problems": len(records)}
         if not greedy:
@@ -237,7 +237,8 @@ def fake_eval(calls):
 
 def test_logging_evals_plot_and_config(tiny, tmp_path):
     calls = []
-    rl.train(flags(tiny, tmp_path, "grpo", "--max-steps", "3", "--eval-interval", "2", "--eval-samples", "2"),
+    rl.train(flags(tiny, tmp_path, "grpo", "--max-steps", "3", "--eval-interval", "2", "--eval-samples", "2",
+                   "--eval-sampled-n", "3"),
              reward_fn=yes_reward(tiny), prompts=PROMPTS, eval_records=PROMPTS[:4], eval_fn=fake_eval(calls))
     recs = [json.loads(ln) for ln in open(tmp_path / "metrics.jsonl")]
     assert recs[0]["type"] == "config" and recs[0]["algo"] == "grpo" and recs[0]["kl_estimator"] == "k3"
@@ -247,9 +248,11 @@ def test_logging_evals_plot_and_config(tiny, tmp_path):
     for r in evals:
         assert r["pass@1"] == 0.25 and r["format_shares"]["yes"] == 0.5 and "format_accuracy" in r
         assert r["sampled"]["n"] == 2 and r["sampled"]["pass@1"] == 0.25
+        assert r["num_problems"] == 4 and r["sampled"]["num_problems"] == 3  # --eval-sampled-n: the first 3
     # greedy, then sampled at the rollout temperature with top-p 1 (the distribution RL trains)
     assert calls[0]["greedy"] and not calls[1]["greedy"]
     assert calls[1]["temperature"] == 1.0 and calls[1]["top_p"] == 1.0
+    assert [c["problems"] for c in calls[:2]] == [4, 3]
     assert (tmp_path / "formats.png").stat().st_size > 1000
     cfg = json.load(open(tmp_path / "config.json"))
     assert cfg["lr"] == 5e-3 and cfg["max_steps"] == 3
