@@ -173,7 +173,8 @@ def test_synthetic_generator_options(tmp_path):
                         syn={"steps": [1, 2], "hard_share": {"omi1": 0.5}})
     assert a != b
     ma, mb = open_mixture(a)["meta"], open_mixture(b)["meta"]
-    assert ma["sources"]["syn-omi2"] == mb["sources"]["syn-omi2"]
+    same = lambda m: {k: v for k, v in m["sources"]["syn-omi2"].items() if k != "share"}
+    assert same(ma) == same(mb)
     assert ma["sources"]["syn-omi1"]["tokens"] < mb["sources"]["syn-omi1"]["tokens"]  # 3-step documents are longer
 
 
