@@ -20,7 +20,7 @@ def test_main_job_runs_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.load(open(os.path.join(out, "rl-grpo-s1", "result.json")))
     for k in ("test_before", "test_after", "hard_before", "hard_after"):
-        assert set(res[k]) == {"pass@1", "format_shares", "format_accuracy", "format_accuracy_se"}
+        assert set(res[k]) == {"pass@1", "format_shares", "format_accuracy", "format_accuracy_se", "num_problems"}
         assert abs(sum(res[k]["format_shares"].values()) - 1.0) < 1e-9
     # each check is the value its numbers give (a check that always said True or False would fail here)
     b, a, hb, ha = res["test_before"], res["test_after"], res["hard_before"], res["hard_after"]
