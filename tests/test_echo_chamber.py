@@ -34,7 +34,7 @@ def test_main_job_runs_end_to_end(tmp_path):
     evals = [json.loads(ln) for ln in open(os.path.join(out, "rl-grpo-s1", "metrics.jsonl"))]
     evals = [r for r in evals if r["type"] == "eval"]
     assert [r["step"] for r in evals] == [0, 1]
-    keys = ("pass@1", "format_shares", "format_accuracy", "format_accuracy_se")
+    keys = ("pass@1", "format_shares", "format_accuracy", "format_accuracy_se", "num_problems")
     assert res["test_before"] == {k: evals[0][k] for k in keys}
     assert res["test_after"] == {k: evals[1][k] for k in keys}
     assert res["hard_before"]["pass@1"] == json.load(open(os.path.join(
