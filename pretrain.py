@@ -29,7 +29,7 @@ from common import ArgParser, UserError, main_guard, append_jsonl, atomic_write_
 from model import GPT, GPTConfig, PRESETS, CheckpointError, estimate_mfu, load_checkpoint, save_checkpoint
 
 from presets import PRETRAIN as TRAIN_PRESETS  # optimisation defaults per preset (model shapes: presets.MODEL)
-from data.synthetic import synthetic_options
+from data.synthetic import add_synthetic_flags, synthetic_options
 
 # flags that may differ on --resume; everything else comes from the checkpoint so the run continues as it was
 RESUME_OVERRIDES = {"resume", "device", "threads", "stop_after", "eval_interval", "ckpt_interval", "max_iters",
@@ -52,12 +52,7 @@ def get_args(argv=None):
     p.add_argument("--max-docs", type=int, default=None, help="cap on documents per source (real sources)")
     p.add_argument("--unit", type=int, default=None,
                    help="documents in one copy of a synthetic source (default: data.mixture.DEFAULT_UNIT)")
-    p.add_argument("--syn-steps", default="1,2",
-                   help="arithmetic steps of the synthetic pretraining problems, drawn uniformly from this list "
-                        "(repeat one to weight it: 1,2,2); RL and test prompts always have 1-2")
-    p.add_argument("--syn-hard-share", default="",
-                   help="FORMAT=SHARE[,...]: that share of one format's synthetic problems gets 3 steps, the harder "
-                        "set's length (the transfer experiment, docs/LOG.md); default none")
+    add_synthetic_flags(p)
     p.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary (cl100k prefix + EOT)")
     p.add_argument("--tokenizer", default=None,
                    help="a Hugging Face tokenizer instead of the cl100k prefix: a model folder with tokenizer.json "
@@ -142,7 +137,6 @@ def resolve(args, world=1):
         raise UserError(f"--n-embd {mcfg['n_embd']} must split into --n-head {mcfg['n_head']} heads of even size")
     if args.max_iters < 0 or args.warmup_iters < 0:
         raise UserError("--max-iters and --warmup-iters must be >= 0")
-    args.syn = synthetic_options(args.syn_steps, args.syn_hard_share)
     return args
 
 
@@ -243,6 +237,8 @@ def main(argv=None):
         args = merge_resumed_args(args, resume_ck["args"], explicit, overrides=RESUME_OVERRIDES)
     else:
         args = resolve(args, world)
+    # from the flags after a resume too: a checkpoint from before these options has neither (the defaults apply)
+    args.syn = synthetic_options(args.syn_steps, args.syn_hard_share)
     if args.total_batch_size % (args.batch_size * world):
         raise UserError(f"--total-batch-size {args.total_batch_size} is not a multiple of --batch-size "
                         f"{args.batch_size} x {world} processes: pick sizes that divide")

@@ -22,7 +22,7 @@ also plain enough to run under another engine (datatrove's executors, datasets.m
 from common import ArgParser, UserError, main_guard
 from data.mixture import DEFAULT_CACHE, DEFAULT_MIX, DEFAULT_UNIT, prepare_mixture
 from data.shards import default_workers
-from data.synthetic import synthetic_options
+from data.synthetic import add_synthetic_flags, synthetic_options
 
 
 def get_args(argv=None):
@@ -36,9 +36,7 @@ def get_args(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic sources (pretrain.py passes its --seed)")
     ap.add_argument("--max-docs", type=int, default=None, help="cap on documents read per source (before copies)")
     ap.add_argument("--unit", type=int, default=DEFAULT_UNIT, help="documents in one copy of a synthetic source")
-    ap.add_argument("--syn-steps", default="1,2", help="arithmetic steps of the synthetic problems (pretrain.py's flag)")
-    ap.add_argument("--syn-hard-share", default="", help="FORMAT=SHARE: 3-step problems in one synthetic format "
-                                                       "(pretrain.py's flag)")
+    add_synthetic_flags(ap)
     ap.add_argument("--workers", type=int, default=default_workers(), help="tokenizing processes (default: all cores)")
     ap.add_argument("--shard-index", type=int, default=None, help="build only this share of the units (0-based)")
     ap.add_argument("--num-shards", type=int, default=None, help="how many shares the units are split into")

@@ -415,6 +415,16 @@ def parse_hard_share(spec):
     return out
 
 
+def add_synthetic_flags(parser):
+    """--syn-steps and --syn-hard-share, the same in pretrain.py and data.prepare."""
+    parser.add_argument("--syn-steps", default="1,2",
+                        help="arithmetic steps of the synthetic pretraining problems, drawn uniformly from this list "
+                             "(repeat one to weight it: 1,2,2); RL and test prompts always have 1-2")
+    parser.add_argument("--syn-hard-share", default="",
+                        help="FORMAT=SHARE[,...]: that share of one format's synthetic problems gets 3 steps, the "
+                             "harder set's length (the transfer experiment, docs/LOG.md); default none")
+
+
 def synthetic_options(steps_spec="1,2", hard_spec=""):
     """pretrain.py's / data.prepare's --syn-steps and --syn-hard-share -> the `syn` dict data.mixture takes, or one
     clear error line."""
