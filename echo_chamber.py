@@ -24,6 +24,7 @@ pretrains a different model on another machine. --seeds runs the whole job per s
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -170,7 +171,7 @@ def run_seed(args, seed):
         "most_frequent_before_sampled": _top(b.get("sampled", {}).get("format_shares"), real),
         "most_accurate_before_sampled": _top(b.get("sampled", {}).get("format_accuracy"), real),
         "checks": checks, "seconds": {k: round(v, 1) for k, v in times.items()},
-        "cpu": cpu_name(), "command": " ".join(["python", "echo_chamber.py"] + sys.argv[1:]),
+        "cpu": cpu_name(), "command": shlex.join(["python", "echo_chamber.py"] + sys.argv[1:]),
         "evals": [{k: v for k, v in e.items() if k != "type"} for e in evals],  # the run's eval records, in step order
         "total_seconds": round(time.time() - t_start, 1),
     }

@@ -10,13 +10,21 @@ alone. The blocks and their files:
   main-job-seeds   results/main-job/seed*.json     python echo_chamber.py --seeds ...; then each seed's
                                                    out/echo-seed<S>/rl-grpo/result.json copied to results/main-job/
   main-job-steps   results/main-job/seed1337.json  (the eval records inside it, one row per eval step)
+  transfer         results/transfer/*.json         python echo_chamber.py --name transfer-... --seeds ...
+                                                   --pretrain-args "--syn-hard-share FMT=SHARE"; each seed's
+                                                   result.json copied to results/transfer/<FMTS>-<SHARE>-seed<S>.json
+                                                   (the same seeds of results/main-job/ are the arm without them)
+  frequent         results/frequent/*.json         python echo_chamber.py --name freq-... --seeds ...
+                                                   --pretrain-args "--mix ..."; copied to results/frequent/
 A block whose files are missing says so instead of a table.
 """
 import argparse
 import glob
 import json
+import math
 import os
 import re
+import shlex
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,7 +149,99 @@ def main_job_steps(results, seed=1337):
                 f"pass@{n}", f"maj@{n}"], rows))
 
 
-BLOCKS = {"bench-data": bench_data, "main-job-seeds": main_job_seeds, "main-job-steps": main_job_steps}
+def _seed_of(path):
+    return int(re.search(r"seed(\d+)", os.path.basename(path)).group(1))
+
+
+def _pretrain_flag(command, flag):
+    """The value of one pretrain.py flag in a result's command, `--pretrain-args "..."` quoted or not (results
+    written before echo_chamber.py quoted its command lack the quotes); None when absent."""
+    words = [x for w in shlex.split(command) for x in (shlex.split(w) if " " in w else [w])]
+    return words[words.index(flag) + 1] if flag in words[:-1] else None
+
+
+def _mean_se(vals):
+    import echo_chamber
+    m, se = echo_chamber.mean_se(vals)
+    return f"{100 * m:+.1f}" + ("" if se is None else f" +- {100 * se:.1f}")
+
+
+def transfer(results):
+    files = sorted(glob.glob(os.path.join(results, "transfer", "*.json")), key=lambda f: (os.path.basename(f)))
+    if not files:
+        return "(no results/transfer/*.json yet: run the transfer arms, docs/LOG.md)"
+    base = {_seed_of(f): load(f) for f in seed_files(results)}
+    rows, arms = [], {}
+    for f in files:
+        r = load(f)
+        spec = _pretrain_flag(r["command"], "--syn-hard-share") or ""
+        carriers = [x.split("=")[0] for x in spec.split(",") if x]
+        hb, ha = r["hard_before"], r["hard_after"]
+        w, ws = top(r["test_after"]["format_shares"])
+        arm = "A (in the winner)" if w in carriers else "B (in a killed format)"
+        d = ha["pass@1"] - hb["pass@1"]
+        b = base.get(r["seed"])
+        bd = None if b is None else b["hard_after"]["pass@1"] - b["hard_before"]["pass@1"]
+        arms.setdefault((spec, arm), []).append((d, bd))
+        carrier_acc = " / ".join(f"{c} {pct(hb['format_shares'].get(c, 0), 0)} ({pct(hb['format_accuracy'].get(c), 1)})"
+                                 for c in carriers)
+        rows.append([spec, r["seed"], f"{w} {pct(ws, 0)}", arm.split()[0], carrier_acc,
+                     f"{pct(hb['pass@1'])} -> {pct(ha['pass@1'])}",
+                     "-" if b is None else f"{pct(b['hard_before']['pass@1'])} -> {pct(b['hard_after']['pass@1'])}",
+                     f"{pct(r['test_before']['pass@1'])} -> {pct(r['test_after']['pass@1'])}"])
+    n_hard = load(files[0])["hard_before"]["num_problems"]
+    lines = [f"`python echo_chamber.py --name transfer-... --seeds ... --pretrain-args \"--syn-hard-share FMT=SHARE\"` "
+             f"(GRPO on 1-2 step prompts; greedy pass@1 on {n_hard} held-out 3-step problems before and after RL; the "
+             f"same seed of the main job, without 3-step problems in pretraining, beside it):", "",
+             md(["3-step problems in", "seed", "winner", "arm", "before RL, hard set: carrier share (acc)",
+                 "hard pass@1", "same seed, none in pretraining", "test pass@1"], rows), ""]
+    for (spec, arm), ds in sorted(arms.items()):
+        mine = [d for d, _ in ds]
+        paired = [d - bd for d, bd in ds if bd is not None]
+        lines.append(f"{spec}, arm {arm}: {len(mine)} seeds, hard pass@1 rose in {sum(d > 0 for d in mine)}, fell in "
+                     f"{sum(d < 0 for d in mine)}; change {_mean_se(mine)} points (mean +- SE)"
+                     + (f", {_mean_se(paired)} points against the same seeds without them" if paired else "") + ".")
+    lines.append(f"One problem of {n_hard} is {100 / n_hard:.1f} points.")
+    return "\n".join(lines)
+
+
+def frequent(results):
+    files = sorted(glob.glob(os.path.join(results, "frequent", "*.json")), key=_seed_of)
+    if not files:
+        return "(no results/frequent/*.json yet: run the frequent-versus-accurate mixture, docs/LOG.md)"
+    res = [load(f) for f in files]
+    rows = []
+    for r in res:
+        s = r["test_before"]["sampled"]
+        n_out = s["n"] * s["num_problems"]
+        cells = []
+        for f in FORMATS:
+            sh, acc, se = s["format_shares"].get(f, 0), s["format_accuracy"].get(f), s["format_accuracy_se"].get(f)
+            cells.append(f"{pct(sh, 0)} +- {100 * math.sqrt(sh * (1 - sh) / n_out):.0f} ({pct(acc, 0)}"
+                         + ("" if se is None else f" +- {100 * se:.0f}") + ")")
+        w, ws = top(r["test_after"]["format_shares"])
+        rows.append([r["seed"]] + cells + [r["most_frequent_before_sampled"], r["most_accurate_before_sampled"],
+                                           f"{w} {pct(ws, 0)}",
+                                           f"{pct(r['test_before']['pass@1'])} -> {pct(r['test_after']['pass@1'])}"])
+    mix = _pretrain_flag(res[0]["command"], "--mix")
+    n = len(res)
+    s0 = res[0]["test_before"]["sampled"]
+    over = {f: sum(r["test_before"]["sampled"]["format_shares"].get(f, 0) > 0.5 for r in res) for f in FORMATS}
+    most = max(FORMATS, key=lambda f: over[f])
+    return "\n".join([
+        f"`python echo_chamber.py --name freq-... --seeds {','.join(str(r['seed']) for r in res)} --pretrain-args "
+        f"\"--mix {mix}\"` (GRPO; before RL, sampled at T {s0['temperature']} with n = {s0['n']} on "
+        f"{s0['num_problems']} problems: each format's share of the outputs +- its standard error (binomial over "
+        f"the {s0['n'] * s0['num_problems']} outputs) and its accuracy +- standard error):", "",
+        md(["seed", "tinygsm", "omi1", "omi2", "most frequent", "most accurate", "after: winner", "pass@1"], rows), "",
+        f"{most} held more than half of the sampled outputs before RL in **{over[most]}/{n} seeds**. The winner was "
+        f"the most frequent format (sampled) in **{sum(r['winner'] == r['most_frequent_before_sampled'] for r in res)}"
+        f"/{n}** seeds and the most accurate (sampled) in "
+        f"**{sum(r['winner'] == r['most_accurate_before_sampled'] for r in res)}/{n}**."])
+
+
+BLOCKS = {"bench-data": bench_data, "main-job-seeds": main_job_seeds, "main-job-steps": main_job_steps,
+          "transfer": transfer, "frequent": frequent}
 
 
 def render(text, results):

@@ -46,3 +46,49 @@ def test_tables_are_rendered_from_the_files(tmp_path):
     assert "a: **1/1 seeds**; b: **0/1 seeds**" in text and "13.0 minutes" in text
     assert "| 30 | 5% (10%) | 95% (30%) | 0% (-) | 37.5% |" in text
     assert readme_tables.main(["--readme", str(readme), "--results", str(tmp_path), "--check"]) == 0
+
+
+def _result(seed, command, winner, hard, test=(0.2, 0.5), sampled=None, carrier_hard=None):
+    """A result.json with only the keys the transfer and frequent tables read."""
+    shares = {f: float(f == winner) for f in readme_tables.FORMATS}
+    hb = {"pass@1": hard[0], "num_problems": 200, "format_shares": {"omi1": 0.4, "omi2": 0.6},
+          "format_accuracy": {"omi1": carrier_hard, "omi2": 0.0}}
+    r = {"seed": seed, "command": command, "winner": winner, "hard_before": hb,
+         "hard_after": {"pass@1": hard[1]}, "test_before": {"pass@1": test[0]},
+         "test_after": {"pass@1": test[1], "format_shares": shares}}
+    if sampled:
+        r["test_before"]["sampled"] = sampled
+        r["most_frequent_before_sampled"], r["most_accurate_before_sampled"] = "omi1", "tinygsm"
+    return r
+
+
+def test_transfer_and_frequent_tables(tmp_path):
+    for d in ("transfer", "main-job", "frequent"):
+        (tmp_path / d).mkdir()
+    # arm A: the carrier won; its hard pass@1 rose by 1.0 and 2.0 points; the same seeds without rose 0.5 and 0.5
+    # (paired: +0.5, +1.5 -> mean 1.0, SE 0.5). The old unquoted command form must parse too.
+    cmd_old = "python echo_chamber.py --name t --seeds 1,2 --pretrain-args --syn-hard-share omi1=0.1"
+    cmd_new = "python echo_chamber.py --name t --seeds 1,2 --pretrain-args '--syn-hard-share omi1=0.1'"
+    (tmp_path / "transfer" / "omi1-0.1-seed1.json").write_text(json.dumps(
+        _result(1, cmd_old, "omi1", (0.01, 0.02), carrier_hard=0.05)))
+    (tmp_path / "transfer" / "omi1-0.1-seed2.json").write_text(json.dumps(_result(2, cmd_new, "omi1", (0.01, 0.03))))
+    (tmp_path / "transfer" / "omi1-0.1-seed3.json").write_text(json.dumps(_result(3, cmd_new, "tinygsm", (0.02, 0.01))))
+    for s, h in ((1, (0.01, 0.015)), (2, (0.02, 0.025))):
+        (tmp_path / "main-job" / f"seed{s}.json").write_text(json.dumps(_result(s, "x", "omi1", h)))
+    text = readme_tables.transfer(str(tmp_path))
+    assert "| omi1=0.1 | 1 | omi1 100% | A | omi1 40% (5.0%) | 1.0% -> 2.0% | 1.0% -> 1.5% | 20.0% -> 50.0% |" in text
+    assert ("omi1=0.1, arm A (in the winner): 2 seeds, hard pass@1 rose in 2, fell in 0; change +1.5 +- 0.5 points (mean +- "
+            "SE), +1.0 +- 0.5 points against the same seeds without them.") in text
+    assert "omi1=0.1, arm B (in a killed format): 1 seeds, hard pass@1 rose in 0, fell in 1; change -1.0 points" in text
+    # frequent: omi1 holds 64% of 400 sampled outputs: SE sqrt(0.64 * 0.36 / 400) = 2.4 points
+    samp = {"n": 4, "num_problems": 100, "temperature": 0.7,
+            "format_shares": {"tinygsm": 0.2, "omi1": 0.64, "omi2": 0.16},
+            "format_accuracy": {"tinygsm": 0.5, "omi1": 0.3, "omi2": None},
+            "format_accuracy_se": {"tinygsm": 0.05, "omi1": 0.03, "omi2": None}}
+    cmd = "python echo_chamber.py --name f --seeds 7 --pretrain-args '--mix syn-omi1:4,syn-tinygsm:1'"
+    (tmp_path / "frequent" / "seed7.json").write_text(json.dumps(_result(7, cmd, "tinygsm", (0, 0), sampled=samp)))
+    text = readme_tables.frequent(str(tmp_path))
+    assert "--mix syn-omi1:4,syn-tinygsm:1" in text
+    assert "| 7 | 20% +- 2 (50% +- 5) | 64% +- 2 (30% +- 3) | 16% +- 2 (-) | omi1 | tinygsm | tinygsm 100% |" in text
+    assert "omi1 held more than half of the sampled outputs before RL in **1/1 seeds**" in text
+    assert "most frequent format (sampled) in **0/1** seeds and the most accurate (sampled) in **1/1**" in text
