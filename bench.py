@@ -6,6 +6,7 @@ Speed and memory of this codebase against a reference, side by side in one run, 
     python bench.py --device cuda --preset 150m  # a GPU: adds the 150m preset's MFU (bf16, compile, flash)
     python bench.py --smoke                      # tiny shapes, seconds: checks that every section runs
     python bench.py --sections data              # data.prepare: tokens/s at 1 and 2 workers, peak memory (opt-in)
+    python bench.py --sections toyshape          # the toy preset's pretraining tokens/s vs the old toy shape (opt-in)
 
 What it measures (each against a reference measured in the same process, runs alternated after warm-up):
 - training tokens/s of model.py vs transformers' OlmoForCausalLM with the same config and weights (export.py's
@@ -69,7 +70,8 @@ def get_args(argv=None):
                    help="torch.compile mode of the MFU section (max-autotune searches matmul configs: slow to compile)")
     p.add_argument("--rl-ckpt", default=None, help="checkpoint for the RL step (default: out/pretrain-toy/ckpt.pt "
                                                    "when it exists, else random toy weights)")
-    p.add_argument("--sections", default="train,mfu,gen,sandbox,rl", help="comma-separated subset to run")
+    p.add_argument("--sections", default="train,mfu,gen,sandbox,rl",
+                   help="comma-separated subset to run: train, mfu, gen, sandbox, rl; opt-in: data, toyshape")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops for our train step and "
                                                           "for both generators at batch 64; on CUDA also the GPU "
                                                           "kernels of the compiled MFU step")
@@ -78,7 +80,7 @@ def get_args(argv=None):
     if args.mfu_micro < 0:
         raise UserError(f"--mfu-micro must be >= 0, got {args.mfu_micro}")
     args.sections = set(args.sections.split(","))
-    bad = args.sections - {"train", "mfu", "gen", "sandbox", "rl", "data"}
+    bad = args.sections - {"train", "mfu", "gen", "sandbox", "rl", "data", "toyshape"}
     if bad:
         raise UserError(f"unknown --sections {sorted(bad)}")
     return args
@@ -190,19 +192,11 @@ def our_logits(m, idx):
 
 
 # ---------------------------------------------------------------- training throughput
-def bench_train(args, cfg, device, dtype):
-    B = args.batch_size or (2 if args.smoke else 8 if args.quick or str(device).startswith("cuda") else 16)
-    T = args.seq_len or (32 if args.smoke else cfg.block_size)
-    if T > cfg.block_size:
-        raise UserError(f"--seq-len {T} is above the preset's context {cfg.block_size}")
-    ours, theirs = build_pair(cfg, device, dtype)
-    cuda = str(device).startswith("cuda")
+def _train_steps(models, x, y, cuda):
+    """{name: (model, logits_fn)} -> {name: one training step (forward, cross-entropy, backward, AdamW)}."""
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
-    g = torch.Generator().manual_seed(0)
-    data = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g).to(device)
-    x, y = data[:, :-1], data[:, 1:]
     runs = {}
-    for name, model, logits_fn in (("ours", ours, our_logits), ("hf", theirs, hf_logits)):
+    for name, (model, logits_fn) in models.items():
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=cuda)
 
@@ -215,8 +209,11 @@ def bench_train(args, cfg, device, dtype):
             opt.zero_grad(set_to_none=True)
             return loss.detach()
         runs[name] = step
-    # same weights, same batch: the first losses agree (a cheap check that we time the same computation)
-    l0 = {k: float(fn()) for k, fn in runs.items()}
+    return runs
+
+
+def _race(runs, tokens_per_call, device, args):
+    """Median tokens/s and peak MB of each run, measured in alternating order after warm-up."""
     warm, rounds, per = (1, 1, 1) if args.smoke else (1, 3, 1) if args.quick else (2, 5, 3)
     for _ in range(warm):
         for fn in runs.values():
@@ -227,15 +224,56 @@ def bench_train(args, cfg, device, dtype):
         for k in order:
             with PeakMemory(device) as pm:
                 dt, _ = timed(lambda: [runs[k]() for _ in range(per)], device)
-            rates[k].append(per * B * T / dt)
+            rates[k].append(per * tokens_per_call / dt)
             mem[k] = max(mem[k], pm.mb)
-    tps = {k: statistics.median(v) for k, v in rates.items()}
+    return {k: statistics.median(v) for k, v in rates.items()}, mem
+
+
+def bench_train(args, cfg, device, dtype):
+    B = args.batch_size or (2 if args.smoke else 8 if args.quick or str(device).startswith("cuda") else 16)
+    T = args.seq_len or (32 if args.smoke else cfg.block_size)
+    if T > cfg.block_size:
+        raise UserError(f"--seq-len {T} is above the preset's context {cfg.block_size}")
+    ours, theirs = build_pair(cfg, device, dtype)
+    cuda = str(device).startswith("cuda")
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g).to(device)
+    x, y = data[:, :-1], data[:, 1:]
+    runs = _train_steps({"ours": (ours, our_logits), "hf": (theirs, hf_logits)}, x, y, cuda)
+    # same weights, same batch: the first losses agree (a cheap check that we time the same computation)
+    l0 = {k: float(fn()) for k, fn in runs.items()}
+    tps, mem = _race(runs, B * T, device, args)
     del ours, theirs
     return {"train_tokens_per_s_ours": r1(tps["ours"]), "train_tokens_per_s_hf": r1(tps["hf"]),
             "train_ratio_vs_hf": ratio(tps["ours"], tps["hf"]),
             "train_peak_mb_ours": r1(mem["ours"]), "train_peak_mb_hf": r1(mem["hf"]),
             "train_first_loss_diff": abs(l0["ours"] - l0["hf"]), "train_batch": B, "train_seq_len": T,
             "train_dtype": "bf16-autocast" if cuda else str(dtype).removeprefix("torch.")}
+
+
+# The toy shape before issue 20 (TOY.md's 2.56M model), the reference of the toyshape section.
+OLD_TOY = dict(vocab_size=2049, n_layer=4, n_head=6, n_embd=192, block_size=320, tie_embeddings=False, mlp_hidden=512)
+
+
+def bench_toy_shape(args, device):
+    """Pretraining tokens/s of the toy preset against the previous toy shape (d 192, SwiGLU 512), both model.py, at
+    the toy's pretraining batch (8 x 320, fp32): the measurement behind the toy's choice of d 144 (docs/LOG.md)."""
+    cfgs = {"toy": GPTConfig(**PRESETS["toy"]), "old": GPTConfig(**OLD_TOY)}
+    if args.smoke:
+        cfgs = {k: GPTConfig(**{**c.__dict__, "n_layer": 1, "block_size": 32}) for k, c in cfgs.items()}
+    B, T = (2 if args.smoke else 8), cfgs["toy"].block_size
+    torch.manual_seed(0)
+    models = {k: (GPT(c).to(device), our_logits) for k, c in cfgs.items()}
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, cfgs["toy"].vocab_size, (B, T + 1), generator=g).to(device)
+    runs = _train_steps(models, data[:, :-1], data[:, 1:], str(device).startswith("cuda"))
+    tps, mem = _race(runs, B * T, device, args)
+    out = {"toyshape_batch": B, "toyshape_seq_len": T, "toyshape_ratio": ratio(tps["toy"], tps["old"])}
+    for k, (m, _) in models.items():
+        out[f"toyshape_params_{k}"] = sum(p.numel() for p in m.parameters())
+        out[f"toyshape_tokens_per_s_{k}"] = r1(tps[k])
+        out[f"toyshape_peak_mb_{k}"] = r1(mem[k])
+    return out
 
 
 def bench_mfu(args, device):
@@ -677,6 +715,11 @@ def table(res):
             rows.append(("  ceiling: the same with decoding's attention skipped", "-", "-",
                          f(res[f"gen_ratio_vs_hf_b{B}_attention_skipped"], "x"), ""))
     rows += static_gen_rows(res, f)  # CUDA generation (issue 19)
+    if "toyshape_ratio" in res:
+        rows.append((f"toy pretraining tokens/s (B {res['toyshape_batch']} x T {res['toyshape_seq_len']}; ref = the "
+                     f"old d 192 toy)", f(res["toyshape_tokens_per_s_toy"]), f(res["toyshape_tokens_per_s_old"]),
+                     f(res["toyshape_ratio"], "x"),
+                     f"{f(res['toyshape_peak_mb_toy'])} / {f(res['toyshape_peak_mb_old'])}"))
     if "sandbox_programs_per_s" in res:
         rows.append((f"sandbox programs/s ({res['sandbox_programs']} tinygsm; ref = in-process exec)",
                      f(res["sandbox_programs_per_s"]), f(res["sandbox_exec_programs_per_s"]),
@@ -734,7 +777,8 @@ def main(argv=None):
                 ("gen", lambda: bench_generate(args, cfg, device, dtype)),
                 ("sandbox", lambda: bench_sandbox(args)),
                 ("rl", lambda: bench_rl(args, device)),
-                ("data", lambda: bench_data(args))]
+                ("data", lambda: bench_data(args)),
+                ("toyshape", lambda: bench_toy_shape(args, device))]
     for name, fn in sections:
         if name not in args.sections:
             continue

@@ -72,3 +72,16 @@ def test_ceiling_skips_only_decoding_attention_and_restores_it():
         with bench.decode_attention_skipped():
             raise RuntimeError("boom")
     assert F.scaled_dot_product_attention is real
+
+
+def test_toyshape_section_races_the_toy_against_the_old_shape():
+    r = subprocess.run([sys.executable, "bench.py", "--smoke", "--threads", "1", "--sections", "toyshape"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    # the smoke shapes keep each model's width (one layer): d 144 / SwiGLU 384 and d 192 / SwiGLU 512, vocab 2049
+    # untied: embeddings 2 * 2049 * d, attention 4 d^2, MLP 3 d h
+    assert res["toyshape_params_toy"] == 2 * 2049 * 144 + 4 * 144 ** 2 + 3 * 144 * 384
+    assert res["toyshape_params_old"] == 2 * 2049 * 192 + 4 * 192 ** 2 + 3 * 192 * 512
+    assert abs(res["toyshape_ratio"] - res["toyshape_tokens_per_s_toy"] / res["toyshape_tokens_per_s_old"]) < 2e-3
+    assert "toy pretraining tokens/s" in r.stdout
