@@ -119,6 +119,9 @@ def rl_args(argv=None):
     a("--value-clip", type=float, default=0.2, help="PPO value clip")
     a("--gamma", type=float, default=1.0, help="PPO discount")
     a("--gae-lambda", type=float, default=0.95, help="PPO GAE lambda")
+    a("--critic-warmup-steps", type=int, default=0,
+      help="PPO: the first this many steps update the critic only, the actor frozen (OpenRLHF's freezing_actor_steps): "
+           "a fresh value head otherwise hands the actor noise for advantages; they count in --max-steps")
     a("--kl", type=float, default=None, help="KL coefficient beta (PPO: in the reward; GRPO: in the loss)")
     a("--kl-estimator", default=None, choices=KL_KINDS, help="default k1 for PPO, k3 for GRPO")
     a("--loss-agg", default="token-mean", choices=AGG_MODES, help="how per-token losses become one number")
@@ -180,6 +183,8 @@ def resolve_rl(args):
         if not str(args.eval_interval).isdigit():
             raise UserError(f"--eval-interval must be 'log' or an integer >= 0, got {args.eval_interval!r}")
         args.eval_interval = int(args.eval_interval)
-    if min(args.max_steps, args.prompts, args.eval_n, args.eval_samples, args.eval_sampled_n) < 0:
-        raise UserError("--max-steps, --prompts, --eval-n, --eval-samples, --eval-sampled-n must be >= 0")
+    if min(args.max_steps, args.prompts, args.eval_n, args.eval_samples, args.eval_sampled_n,
+           args.critic_warmup_steps) < 0:
+        raise UserError("--max-steps, --prompts, --eval-n, --eval-samples, --eval-sampled-n, --critic-warmup-steps "
+                        "must be >= 0")
     return args

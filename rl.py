@@ -544,11 +544,16 @@ def train_ppo(run):
             batch["ref_logp"] = ref_logp
         times["logprobs"] = time.time()
 
-        # ---- 5. updates of actor and critic: the clipped policy loss and the clipped value loss
+        # ---- 5. updates of actor and critic: the clipped policy loss and the clipped value loss. During the critic
+        # warm-up the actor is frozen: a value head that knows nothing yet makes the GAE advantages noise, and the
+        # 0/1 outcome reaches only ~20 tokens back through lambda 0.95 (docs/LOG.md, issue 21)
+        frozen = step < args.critic_warmup_steps
+
         def loss_fn(mb, w, first):
             m = mb["mask"]
             with run.autocast():
-                logp, ent = response_logprobs(model, *_inputs(mb), temperature=T, with_entropy=first)
+                with torch.set_grad_enabled(not frozen):
+                    logp, ent = response_logprobs(model, *_inputs(mb), temperature=T, with_entropy=first)
                 values = critic(*_inputs(mb))
             old = mb["old_logp"] if need_old else logp.detach()
             pg_loss, clipfrac = clipped_policy_loss(logp, old, mb["adv"], m, args.clip, args.loss_agg)
@@ -557,10 +562,11 @@ def train_ppo(run):
             kl = kl_penalty(logp.detach(), mb["ref_logp"], "k1") if ref is not None else None
             st = policy_stats(pg_loss, clipfrac, w, m, first, ent, kl)
             st.update(vloss=vloss.detach().double() * w.double(), vclip=vclip.double() * m.sum().double())
-            return pg_loss + vloss, st  # actor and critic share no weights: one backward serves both
+            return (vloss if frozen else pg_loss + vloss), st  # no shared weights: one backward serves both
         model.train()
+        groups = [(critic, copt, args.critic_lr)] if frozen else [(model, opt, args.lr), (critic, copt, args.critic_lr)]
         s, done, skipped, gnorm, bad_in_a_row = policy_updates(
-            run, batch, seq_len, step, [(model, opt, args.lr), (critic, copt, args.critic_lr)], loss_fn,
+            run, batch, seq_len, step, groups, loss_fn,
             ("pg_loss", "clip", "wsum", "ent", "tok", "kl", "vloss", "vclip"), state, bad_in_a_row)
         times["update"] = time.time()
         run.step = step + 1
@@ -570,7 +576,8 @@ def train_ppo(run):
                     "clipfrac": s["clip"] / max(s["wsum"], 1), "pg_loss": s["pg_loss"] / done,
                     "value_loss": s["vloss"] / done, "value_clipfrac": s["vclip"] / max(s["wsum"], 1),
                     "lr": opt.param_groups[0]["lr"], "critic_lr": copt.param_groups[0]["lr"],
-                    "grad_norm": gnorm, "skipped_updates": skipped})
+                    "grad_norm": None if frozen else gnorm, "skipped_updates": skipped,
+                    "actor_frozen": frozen})
         if finish_step(run, rec, model, state, kl="-" if rec["kl"] is None else f"{rec['kl']:.4f}"):
             break
     return model

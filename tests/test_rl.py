@@ -445,3 +445,24 @@ def test_cuda_rollouts_sample_from_a_bf16_copy_refreshed_in_place(tiny):
     out = rl.rollout(run, model, tiny["prompt_ids"][:2], 2, ("t", 1))
     assert run.sampler is first and len(out) == 4
     assert torch.equal(first.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
+
+
+def test_ppo_critic_warmup_freezes_the_actor(tiny, tmp_path):
+    # 2 warm-up steps of 3: after them the actor is bitwise the pretrained model and only the critic moved; the
+    # third step moves the actor. Without the flag the actor moves from the first step.
+    start = model_from_checkpoint(tiny["path"])
+    rl.train(flags(tiny, tmp_path / "w", "ppo", "--max-steps", "2", "--critic-warmup-steps", "2"),
+             reward_fn=yes_reward(tiny), prompts=PROMPTS)
+    after2 = load_checkpoint(str(tmp_path / "w" / "ckpt.pt"))
+    for k, v in start.state_dict().items():
+        assert torch.equal(after2["model"][k], v), k
+    assert any(not torch.equal(after2["critic"][f"body.{k}"], v) for k, v in start.state_dict().items())
+    assert not after2["optimizer"]["state"]  # the actor's AdamW never stepped
+    res = rl.train(["--out-dir", str(tmp_path / "w"), "--resume", "--max-steps", "3", "--no-tqdm"],
+                   reward_fn=yes_reward(tiny), prompts=PROMPTS)
+    recs = [json.loads(ln) for ln in open(tmp_path / "w" / "metrics.jsonl")]
+    assert [r["actor_frozen"] for r in recs if r["type"] == "train"] == [True, True, False]
+    assert [r["grad_norm"] is None for r in recs if r["type"] == "train"] == [True, True, False]
+    assert any(not torch.equal(res["model"].state_dict()[k], v) for k, v in start.state_dict().items())
+    res = rl.train(flags(tiny, tmp_path / "n", "ppo", "--max-steps", "1"), reward_fn=yes_reward(tiny), prompts=PROMPTS)
+    assert any(not torch.equal(res["model"].state_dict()[k], v) for k, v in start.state_dict().items())
