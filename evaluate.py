@@ -179,7 +179,7 @@ def summarize(generations, n):
 
 # ---------------------------------------------------------------- generation + grading
 def run_eval(model, tokenizer, records, n=1, temperature=0.7, top_p=0.95, max_new_tokens=256, batch_size=64,
-             seed=0, greedy=True, progress=True, rule="strict"):
+             seed=0, greedy=True, progress=True, rule="strict", answer_prefix=""):
     """
     Generate for benchmark records [{"id", "question", "gold"}], grade, summarize. Returns (generations, summary).
 
@@ -187,7 +187,8 @@ def run_eval(model, tokenizer, records, n=1, temperature=0.7, top_p=0.95, max_ne
     temperature / top_p (samples 0..n-1). Prompts are sorted by length and decoded --batch-size sequences at
     a time (a chunk holds batch_size // n prompts with their samples, at least one prompt), so padding and
     memory stay small. Outputs depend on (seed, batch_size, device). Prompts with no room in the context
-    are skipped and listed in summary["skipped_ids"]. The model is left in the mode it came in.
+    are skipped and listed in summary["skipped_ids"]. The model is left in the mode it came in. answer_prefix:
+    every answer starts with this text (forced into the prompt; the graded response includes it).
     """
     from classify import analyze_batch
     from data import encode_prompts, prompt_text
@@ -203,7 +204,7 @@ def run_eval(model, tokenizer, records, n=1, temperature=0.7, top_p=0.95, max_ne
     ctx_len = model.config.block_size
     device = next(model.parameters()).device
     prompts = [prompt_text(r["question"]) for r in records]
-    tokens = encode_prompts(tokenizer, [r["question"] for r in records])
+    tokens = encode_prompts(tokenizer, [r["question"] for r in records], answer_prefix)
     fits = [i for i in range(len(records)) if 0 < len(tokens[i]) < ctx_len]
     fit_set = set(fits)
     skipped = [records[i]["id"] for i in range(len(records)) if i not in fit_set]
@@ -246,7 +247,7 @@ def run_eval(model, tokenizer, records, n=1, temperature=0.7, top_p=0.95, max_ne
     # benchmark order, greedy first, then samples 0..n-1; decode, then grade each distinct (response, gold) once:
     # a collapsed model repeats itself a lot
     raw.sort(key=lambda r: (r[0], r[1]))
-    texts = [tokenizer.decode(out[:-1] if out and out[-1] == eos else out) for _, _, out in raw]
+    texts = [answer_prefix + tokenizer.decode(out[:-1] if out and out[-1] == eos else out) for _, _, out in raw]
     golds = [records[i]["gold"] for i, _, _ in raw]
     unique = list(dict.fromkeys(zip(texts, golds)))
     t1 = time.time()
@@ -521,6 +522,12 @@ def get_args(argv=None):
     p.add_argument("--rule", default="strict", choices=["strict", "paper"],
                    help="format labels: strict (tinygsm/omi1/omi2/other), or the authors' substring rule "
                         "(<llm-code> -> llm-code, else 'def' -> tinygsm-code, else text); grading is the same")
+    p.add_argument("--force-format", default=None,
+                   help="start every answer with a format's first words (tinygsm 'def', omi1 \"Let's\", omi2 'To "
+                        "find': the synthetic formats' openings), or with --answer-prefix's text: the accuracy a "
+                        "model has in that format, whatever it would have chosen (issue 21's scale question)")
+    p.add_argument("--answer-prefix", default=None, help="any text that starts every answer (instead of "
+                                                         "--force-format)")
     p.add_argument("--out", "--out-dir", dest="out", default=None,
                    help="output folder (default <ckpt dir>/eval-<benchmark>; several checkpoints from different "
                         "folders: out/eval-<benchmark>)")
@@ -539,6 +546,12 @@ def get_args(argv=None):
         raise UserError("--limit must be >= 1")
     if not 0 < args.top_p <= 1 or args.temperature <= 0:
         raise UserError("--temperature must be > 0 and --top-p in (0, 1]")
+    from data.synthetic import FIRST_WORDS
+    if args.force_format is not None and args.answer_prefix is not None:
+        raise UserError("give --force-format or --answer-prefix, not both")
+    if args.force_format is not None and args.force_format not in FIRST_WORDS:
+        raise UserError(f"--force-format must be one of {', '.join(FIRST_WORDS)}, got {args.force_format!r}")
+    args.answer_prefix = FIRST_WORDS[args.force_format] if args.force_format else (args.answer_prefix or "")
     if args.max_new_tokens is None:
         args.max_new_tokens = default_max_new_tokens(args.benchmark)
     if args.max_new_tokens < 1:
@@ -548,6 +561,8 @@ def get_args(argv=None):
 
 def default_out(args, ckpts):
     tag = f"eval-{args.benchmark}" + ("" if args.split == "test" else f"-{args.split}")
+    if args.force_format or args.answer_prefix:
+        tag += f"-forced-{args.force_format or 'prefix'}"
     dirs = {os.path.dirname(os.path.abspath(p)) for p, _ in ckpts}
     if len(dirs) == 1:
         return os.path.join(os.path.dirname(ckpts[0][0]) or ".", tag)
@@ -589,7 +604,8 @@ def main(argv=None):
                       + (f", {world} ranks" if world > 1 else ""))
             gens, part = run_eval(model, tok, mine, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed + rank,
-                                  greedy=not args.no_greedy, progress=rank == 0 and not args.no_tqdm, rule=args.rule)
+                                  greedy=not args.no_greedy, progress=rank == 0 and not args.no_tqdm, rule=args.rule,
+                                  answer_prefix=args.answer_prefix)
             del model
             parts = all_gather([(gens, part)], world)  # one (generations, summary) per rank
             if rank != 0:
@@ -607,6 +623,7 @@ def main(argv=None):
                 "data_dir": args.data_dir, "limit": args.limit, "n": args.n, "greedy": not args.no_greedy,
                 "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
                 "batch_size": args.batch_size, "seed": args.seed, "rule": args.rule, "device": device,
+                "force_format": args.force_format, "answer_prefix": args.answer_prefix,
                 "world_size": world, "tokenizer": repr(tok)})
             summary["tokens_per_s"] = round(summary["new_tokens"] / max(summary["gen_seconds"], 1e-9), 1)
             label = _label(path, taken)

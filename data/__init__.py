@@ -22,11 +22,13 @@ def prompt_text(question):
     return question + SEP
 
 
-def encode_prompts(tok, questions):
+def encode_prompts(tok, questions, answer_prefix=""):
     """Token ids of each question's prompt, the one place prompts are tokenized (rl.py, evaluate.py, pretrain.py).
     A tokenizer with tok.prompt_bos set (an imported Hugging Face model whose authors prompted with BOS) gets its
-    BOS id first; our own cl100k-prefix tokenizer has none, as pretraining documents had none."""
-    ids = tok.encode_batch([prompt_text(q) for q in questions]) if questions else []
+    BOS id first; our own cl100k-prefix tokenizer has none, as pretraining documents had none. answer_prefix: text
+    that starts every answer (evaluate.py --force-format), tokenized with the prompt as pretraining tokenized the
+    whole document."""
+    ids = tok.encode_batch([prompt_text(q) + answer_prefix for q in questions]) if questions else []
     bos = getattr(tok, "bos_id", None) if getattr(tok, "prompt_bos", False) else None
     return [[bos] + p for p in ids] if bos is not None else ids
 

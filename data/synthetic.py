@@ -397,6 +397,11 @@ def parse_steps(spec):
     return steps
 
 
+# the first words of each format's solution (see the module docstring): evaluate.py --force-format starts every
+# answer with them, so a model is measured in a format whatever it would have chosen
+FIRST_WORDS = {"tinygsm": "def", "omi1": "Let's", "omi2": "To find"}
+
+
 def parse_hard_share(spec):
     """'omi1=0.05' -> {"omi1": 0.05}: the --syn-hard-share of one or more formats (comma-separated)."""
     out = {}

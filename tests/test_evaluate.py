@@ -188,6 +188,35 @@ def test_run_eval_grades_batches_and_skips_long_prompts():
     assert sp["sampled"]["format_shares"] == {"tinygsm-code": 0.5, "llm-code": 0.0, "text": 0.5}
 
 
+class ForcedModel(ScriptedModel):
+    """Continues a forced tinygsm opening: the prompt must be question + "\n\n" + "def", tokenized as a whole."""
+
+    def __init__(self, tok, problems):
+        super().__init__(tok, problems)
+        from data.synthetic import render
+        self.by_prompt = {tuple(tok.encode(p["question"] + "\n\ndef")): render(p, "tinygsm")[len("def"):]
+                          for p in problems}
+
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_p=1.0, top_k=None, eos_id=None,
+                 num_samples=1, seed=None):
+        return [self.tok.encode(self.by_prompt[tuple(p)]) + [eos_id] for p in prompts for _ in range(num_samples)]
+
+
+def test_run_eval_with_a_forced_format_opening():
+    from data import get_tokenizer
+    from data.synthetic import FIRST_WORDS, problems, render
+    tok = get_tokenizer(4096)
+    probs = problems("test", 3)
+    for fmt, words in FIRST_WORDS.items():  # each format's opening is how its rendered solutions start
+        assert all(render(p, fmt).startswith(words) for p in probs), fmt
+    records = [{k: p[k] for k in ("id", "question", "gold")} for p in probs]
+    gens, s = run_eval(ForcedModel(tok, probs), tok, records, n=2, batch_size=8, progress=False,
+                       answer_prefix=FIRST_WORDS["tinygsm"])
+    # a KeyError above would mean the prompt was not question + opening; the graded text starts with the opening
+    assert all(g["response"].startswith("def simple_math_problem") for g in gens)
+    assert s["format_shares"]["tinygsm"] == 1.0 and s["pass@1"] == 1.0 and s["sampled"]["pass@k"]["1"] == 1.0
+
+
 # ---------------------------------------------------------------- the CLI on a tiny random checkpoint
 def tiny_ckpt(path, step=0, vocab=4096, tok_vocab=4096, block_size=128, kind="pretrain"):
     torch.manual_seed(step)
@@ -237,6 +266,19 @@ def test_cli_on_a_gsm8k_slice(tmp_path, shared_data):
     assert len(gens) == s["num_problems"] and all(g["sample"] == -1 for g in gens)
     assert "gsm8k-test-0" in {g["id"] for g in gens + [{"id": i} for i in s["skipped_ids"]]}
     assert all(g["gold"].isdigit() for g in gens)
+
+
+def test_cli_force_format(tmp_path):
+    ck = tiny_ckpt(tmp_path / "run" / "ckpt.pt")
+    r = cli("--ckpt", ck, "--limit", 3, "--max-new-tokens", 3, "--force-format", "omi2")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "run" / "eval-synthetic-forced-omi2"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["force_format"] == "omi2" and s["answer_prefix"] == "To find"
+    assert all(g["response"].startswith("To find") for g in read_jsonl(str(out / "generations.jsonl")))
+    r = cli("--ckpt", ck, "--force-format", "latex")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --force-format must be one of tinygsm, omi1, omi2, got 'latex'"]
 
 
 @pytest.mark.parametrize("case", ["missing", "benchmark", "vocab", "corrupt"])
