@@ -545,8 +545,7 @@ def train_ppo(run):
         times["logprobs"] = time.time()
 
         # ---- 5. updates of actor and critic: the clipped policy loss and the clipped value loss. During the critic
-        # warm-up the actor is frozen: a value head that knows nothing yet makes the GAE advantages noise, and the
-        # 0/1 outcome reaches only ~20 tokens back through lambda 0.95 (docs/LOG.md, issue 21)
+        # warm-up the actor is frozen: a value head that knows nothing yet makes the GAE advantages noise
         frozen = step < args.critic_warmup_steps
 
         def loss_fn(mb, w, first):

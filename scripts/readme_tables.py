@@ -167,7 +167,7 @@ def _mean_se(vals):
 
 
 def transfer(results):
-    files = sorted(glob.glob(os.path.join(results, "transfer", "*.json")), key=lambda f: (os.path.basename(f)))
+    files = sorted(glob.glob(os.path.join(results, "transfer", "*.json")))
     if not files:
         return "(no results/transfer/*.json yet: run the transfer arms, docs/LOG.md)"
     base = {_seed_of(f): load(f) for f in seed_files(results)}
