@@ -76,10 +76,62 @@ def atomic_write_json(path, obj):
 
 
 def append_jsonl(path, record):
-    """Append one JSON record per line; flushed at once so a killed run keeps its log."""
+    """Append one JSON record per line; flushed at once so a killed run keeps its log. A metrics file opened with
+    open_tracker also sends the record to its tracker."""
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
+    tracker = _TRACKERS.get(os.path.abspath(path))
+    if tracker is not None and record.get("type") != "config":
+        tracker.log(flat_record(record), step=record.get("step"))
+
+
+# ---- optional experiment tracking (--wandb): off by default, never required. metrics.jsonl stays the record of
+# a run; the tracker gets a copy of each record as it is appended (W&B's offline mode, WANDB_MODE=offline, needs
+# no network: `wandb sync` uploads later).
+_TRACKERS = {}  # absolute metrics.jsonl path -> the tracker run that mirrors it
+
+
+def flat_record(rec):
+    """{"type": "eval", "sampled": {"pass@1": .3}} -> {"eval/sampled/pass@1": .3}: numbers only, keys by type."""
+    out = {}
+
+    def walk(prefix, v):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}/{k}", x)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[prefix] = v
+        elif isinstance(v, bool):
+            out[prefix] = int(v)
+    for k, v in rec.items():
+        if k not in ("type", "step"):
+            walk(f"{rec.get('type', 'record')}/{k}", v)
+    return out
+
+
+def open_tracker(enabled, metrics_path, config, project, name=None):
+    """--wandb: a W&B run (one per out dir: its id is a hash of the path, so --resume continues it) that receives
+    every record later appended to metrics_path. Returns the run, or None when tracking is off."""
+    if not enabled:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("--wandb needs the wandb package: pip install wandb (offline without a network: "
+                        "WANDB_MODE=offline, then `wandb sync`)")
+    out_dir = os.path.dirname(os.path.abspath(metrics_path))
+    run_id = hashlib.sha1(out_dir.encode()).hexdigest()[:16]
+    run = wandb.init(project=project, name=name or os.path.basename(out_dir), id=run_id, resume="allow",
+                     dir=out_dir, config={k: v for k, v in config.items() if k != "type"})
+    _TRACKERS[os.path.abspath(metrics_path)] = run
+    return run
+
+
+def close_tracker(metrics_path):
+    run = _TRACKERS.pop(os.path.abspath(metrics_path), None)
+    if run is not None:
+        run.finish()
 
 
 def read_jsonl(path):

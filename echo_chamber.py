@@ -55,6 +55,14 @@ def get_args(argv=None):
                                                           "anything else runs: OpenMP spin-waits make 2 threads crawl)")
     p.add_argument("--pretrain-args", default="", help="extra flags for pretrain.py, as one string")
     p.add_argument("--rl-args", default="", help="extra flags for rl.py, as one string")
+    p.add_argument("--rl-name", default=None, help="the RL run's folder inside each seed's, out/<name>-seed<seed>/rl-<rl-name> "
+                                                   "(default: from --algo, --kl, --rl-steps); name one per --rl-args "
+                                                   "setting, so settings on the same pretrained model keep apart")
+    p.add_argument("--forced-formats", action="store_true",
+                   help="also evaluate the pretrained model with each format forced (every answer starts with the "
+                        "format's first words; sampled at T 0.7, n 4, on the first --forced-limit test problems, plus greedy): "
+                        "the accuracy the model has in each format, whatever it would pick (result.json forced_before)")
+    p.add_argument("--forced-limit", type=int, default=100, help="problems of the test set in each forced-format eval")
     p.add_argument("--no-tqdm", action="store_true", help="no progress bars in the stages")
     args = p.parse_args(argv)
     try:
@@ -65,6 +73,8 @@ def get_args(argv=None):
         raise UserError(f"--seeds must list distinct seeds, got {args.seeds!r}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
         raise UserError(f"--name must be letters, digits, '_', '.' or '-', got {args.name!r}")
+    if args.rl_name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.rl_name):
+        raise UserError(f"--rl-name must be letters, digits, '_', '.' or '-', got {args.rl_name!r}")
     if args.out_dir and len(args.seed_list) > 1:
         raise UserError("--out-dir names one seed's folder; with several --seeds each goes to out/<name>-seed<seed>")
     return args
@@ -94,7 +104,23 @@ def table(title, before, after):
 
 
 def rl_tag(args):
+    if args.rl_name:
+        return args.rl_name
     return args.algo + ("" if args.kl is None else f"-kl{args.kl:g}") + ("" if args.rl_steps is None else f"-s{args.rl_steps}")
+
+
+def complete(ckpt, key):
+    """(exists, complete) of a checkpoint: complete when its step reached its own args[key] (max_iters, max_steps)."""
+    if not os.path.exists(ckpt):
+        return False, False
+    from model import load_checkpoint
+    ck = load_checkpoint(ckpt)
+    done = ck["step"] >= ck["args"][key]
+    print(f"{ckpt}: step {ck['step']} of {ck['args'][key]}" + (" (complete, reused)" if done else " (resumed)"))
+    return True, done
+
+
+FORCED = dict(n=4, temperature=0.7)  # the forced-format evals: sampled like RL's evals
 
 
 def run_seed(args, seed):
@@ -109,27 +135,48 @@ def run_seed(args, seed):
 
     # 1. pretraining (reused when complete, resumed when partial)
     ckpt = os.path.join(pre_dir, "ckpt.pt")
-    done = False
-    if os.path.exists(ckpt):
-        from model import load_checkpoint
-        ck = load_checkpoint(ckpt)
-        done = ck["step"] >= ck["args"]["max_iters"]
-        print(f"{ckpt}: step {ck['step']} of {ck['args']['max_iters']}" + (" (complete, reused)" if done else ""))
+    exists, done = complete(ckpt, "max_iters")
     if not done:
         cmd = [py, "pretrain.py", "--out-dir", pre_dir, "--seed", str(seed)] + common
-        if os.path.exists(ckpt):
+        if exists:
             cmd.append("--resume")
         elif args.pretrain_iters:
             cmd += ["--max-iters", str(args.pretrain_iters)]
         times["pretrain"] = run(cmd + args.pretrain_args.split())
 
-    # 2. RL, with its own step-0 and periodic held-out evaluations
-    cmd = [py, "rl.py", "--algo", args.algo, "--ckpt", ckpt, "--out-dir", rl_dir, "--seed", str(seed)] + common
-    if args.kl is not None:
-        cmd += ["--kl", str(args.kl)]
-    if args.rl_steps is not None:
-        cmd += ["--max-steps", str(args.rl_steps)]
-    times["rl"] = run(cmd + args.rl_args.split())
+    # 1b. (--forced-formats) the pretrained model's accuracy in each format, each forced from the first words on:
+    #     which format would be best if RL picked by accuracy alone (reused when already evaluated)
+    forced = {}
+    if args.forced_formats:
+        from data.synthetic import FIRST_WORDS
+        for fmt in FIRST_WORDS:
+            d = os.path.join(pre_dir, f"eval-forced-{fmt}")
+            if not os.path.exists(os.path.join(d, "summary.json")):
+                times[f"forced-{fmt}"] = run([py, "evaluate.py", "--ckpt", ckpt, "--force-format", fmt, "--out", d,
+                                              "--limit", str(args.forced_limit), "--n", str(FORCED["n"]),
+                                              "--temperature", str(FORCED["temperature"]), "--top-p", "1.0",
+                                              "--seed", str(seed)] + common)
+            sm = load_json(os.path.join(d, "summary.json"))
+            smp = sm["sampled"]
+            forced[fmt] = {"pass@1": sm["pass@1"], "sampled_pass@1": smp["pass@k"]["1"],
+                           "sampled_pass@1_se": problem_se(os.path.join(d, "generations.jsonl")),
+                           "sampled_share_held": smp["format_shares"].get(fmt, 0.0),
+                           "num_problems": sm["num_problems"], "n": smp["n"]}
+
+    # 2. RL, with its own step-0 and periodic held-out evaluations (reused when complete, resumed when partial)
+    exists, done = complete(os.path.join(rl_dir, "ckpt.pt"), "max_steps")
+    if not done:
+        cmd = [py, "rl.py", "--out-dir", rl_dir] + common
+        if exists:
+            cmd.append("--resume")
+        else:
+            cmd += ["--algo", args.algo, "--ckpt", ckpt, "--seed", str(seed)]
+            if args.kl is not None:
+                cmd += ["--kl", str(args.kl)]
+            if args.rl_steps is not None:
+                cmd += ["--max-steps", str(args.rl_steps)]
+            cmd += args.rl_args.split()
+        times["rl"] = run(cmd)
 
     # 3. before / after. The held-out test set: rl.py's own greedy evals at step 0 and at the last step (the same
     #    problems, already in its metrics.jsonl: evaluating them again would only cost time). The harder set
@@ -172,6 +219,9 @@ def run_seed(args, seed):
         "most_accurate_before_sampled": _top(b.get("sampled", {}).get("format_accuracy"), real),
         "checks": checks, "seconds": {k: round(v, 1) for k, v in times.items()},
         "cpu": cpu_name(), "command": shlex.join(["python", "echo_chamber.py"] + sys.argv[1:]),
+        "forced_before": forced or None,  # --forced-formats: the pretrained model's accuracy in each format
+        "params": param_count(ckpt), "rl_args": args.rl_args, "pretrain_args": args.pretrain_args,
+        "train": rl_summary(rl_dir),
         "evals": [{k: v for k, v in e.items() if k != "type"} for e in evals],  # the run's eval records, in step order
         "total_seconds": round(time.time() - t_start, 1),
     }
@@ -189,6 +239,33 @@ def run_seed(args, seed):
     print(f"result: {os.path.join(rl_dir, 'result.json')}  (total {result['total_seconds'] / 60:.1f} min: "
           + ", ".join(f"{k} {v / 60:.1f}" for k, v in times.items()) + ")")
     return result
+
+
+def problem_se(generations_path):
+    """Standard error of sampled pass@1 over problems (each problem's fraction correct is one observation)."""
+    frac = {}
+    for g in read_jsonl(generations_path):
+        if g["sample"] >= 0:
+            frac.setdefault(g["id"], []).append(bool(g["correct"]))
+    return mean_se([sum(v) / len(v) for v in frac.values()])[1]
+
+
+def param_count(ckpt):
+    from model import load_checkpoint
+    return sum(v.numel() for v in load_checkpoint(ckpt)["model"].values())
+
+
+def rl_summary(rl_dir):
+    """What the algorithm comparison reads from the train records: samples drawn, and EI's kept set per round
+    (its format mix is what the next round's policy is fine-tuned on)."""
+    recs = [r for r in read_jsonl(os.path.join(rl_dir, "metrics.jsonl")) if r.get("type") == "train"]
+    out = {"samples": sum(r.get("samples", 0) for r in recs), "steps": len(recs)}
+    if any("kept" in r for r in recs):
+        out["rounds"] = [{"round": r["step"], "kept": r["kept"], "kept_format_shares": r["kept_format_shares"],
+                          "sample_format_shares": r["format_shares"], "accuracy": r["accuracy"]} for r in recs]
+    if any("adv_head_correct" in r for r in recs):
+        out["adv_head"] = [[r["step"], r["adv_head_correct"], r["adv_head_wrong"]] for r in recs]
+    return out
 
 
 def cpu_name():

@@ -79,7 +79,7 @@ EI = {
 ALGOS = ("ppo", "grpo", "ei")
 AGG_MODES = ("token-mean", "seq-mean-token-mean")
 KL_KINDS = ("k1", "k2", "k3")
-RL_RUNTIME = {"resume", "device", "threads", "stop_after", "no_tqdm", "out_dir"}
+RL_RUNTIME = {"resume", "device", "threads", "stop_after", "no_tqdm", "out_dir", "wandb", "wandb_project"}
 RL_RESUME_OVERRIDES = {"eval_interval", "eval_batch", "max_steps"}
 
 
@@ -149,6 +149,9 @@ def rl_args(argv=None):
     a("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     a("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     a("--no-tqdm", action="store_true", help="no progress bar")
+    a("--wandb", action="store_true", help="also send every metrics.jsonl record to Weights & Biases (needs "
+                                           "`pip install wandb`; WANDB_MODE=offline works without a network)")
+    a("--wandb-project", default="echo-chamber", help="the W&B project of --wandb")
     return p.parse_explicit(argv)
 
 

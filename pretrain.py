@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import ArgParser, UserError, main_guard, append_jsonl, atomic_write_json, check_out_dir, cosine_lr, \
-    dist_env, merge_resumed_args, set_threads, setup_distributed, start_metrics
+from common import ArgParser, UserError, main_guard, append_jsonl, atomic_write_json, check_out_dir, close_tracker, \
+    cosine_lr, dist_env, merge_resumed_args, open_tracker, set_threads, setup_distributed, start_metrics
 from model import GPT, GPTConfig, PRESETS, CheckpointError, estimate_mfu, load_checkpoint, save_checkpoint
 
 from presets import PRETRAIN as TRAIN_PRESETS  # optimisation defaults per preset (model shapes: presets.MODEL)
@@ -33,7 +33,7 @@ from data.synthetic import add_synthetic_flags, synthetic_options
 
 # flags that may differ on --resume; everything else comes from the checkpoint so the run continues as it was
 RESUME_OVERRIDES = {"resume", "device", "threads", "stop_after", "eval_interval", "ckpt_interval", "max_iters",
-                    "compile", "no_tqdm", "samples"}
+                    "compile", "no_tqdm", "samples", "wandb", "wandb_project"}
 
 
 def get_args(argv=None):
@@ -96,6 +96,10 @@ def get_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     p.add_argument("--samples", type=int, default=2, help="samples per source printed at the end (0 = none)")
     p.add_argument("--no-tqdm", action="store_true", help="no progress bar (log lines instead)")
+    p.add_argument("--wandb", action="store_true", help="also send every metrics.jsonl record to Weights & Biases "
+                                                        "(needs `pip install wandb`; WANDB_MODE=offline works without "
+                                                        "a network)")
+    p.add_argument("--wandb-project", default="echo-chamber", help="the W&B project of --wandb")
     return p.parse_explicit(argv)
 
 
@@ -311,6 +315,7 @@ def main(argv=None):
     if master:
         atomic_write_json(os.path.join(args.out_dir, "config.json"), config_record)
         start_metrics(os.path.join(args.out_dir, "metrics.jsonl"), step, args.resume)
+        open_tracker(args.wandb, os.path.join(args.out_dir, "metrics.jsonl"), config_record, args.wandb_project)
         print(f"{batches.n_chunks} sequences of {args.block_size} in the mixture; {args.max_iters} steps of "
               f"{args.total_batch_size} x {args.block_size} tokens = {args.max_iters * args.total_batch_size / batches.n_chunks:.2f} epochs")
     metrics_path = os.path.join(args.out_dir, "metrics.jsonl")
@@ -401,6 +406,7 @@ def main(argv=None):
             show_samples(raw_model, tok, mix["val"], args, device)
     if master:
         print(f"checkpoint: {os.path.join(args.out_dir, 'ckpt.pt')} (step {step}/{args.max_iters})")
+        close_tracker(metrics_path)
     if ddp:
         dist.barrier()  # rank 0 may still be in its final eval: tearing gloo down under it can abort the peer
         dist.destroy_process_group()

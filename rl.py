@@ -34,9 +34,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from common import UserError, main_guard, all_gather, all_sum, apply_update, check_out_dir, cosine_lr, derive_seed, \
-    device_sums, generator, guard, log, log_steps, phase_times, read_sums, restore, resume_or_resolve, save, say, \
-    set_lr, set_threads, setup_distributed, start_run_log
+from common import UserError, main_guard, all_gather, all_sum, apply_update, check_out_dir, close_tracker, cosine_lr, \
+    derive_seed, device_sums, generator, guard, log, log_steps, open_tracker, phase_times, read_sums, restore, \
+    resume_or_resolve, save, say, set_lr, set_threads, setup_distributed, start_run_log
 from presets import AGG_MODES, KL_KINDS, RL_RESUME_OVERRIDES, RL_RUNTIME, resolve_rl, rl_args
 
 
@@ -144,6 +144,23 @@ def compute_grpo_outcome_advantage(scores, mask, group_size, eps=1e-6):
     std = g.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(g[:, :1])
     adv = ((g - g.mean(dim=1, keepdim=True)) / (std + eps)).view(-1)
     return adv[:, None] * mask
+
+
+def head_advantage(adv, mask, scores, k=5):
+    """Credit where the format is chosen: the mean advantage on the first k response tokens of the rows that scored
+    > 0, and of the rows that did not (None for a group with no rows). GRPO puts each row's outcome advantage on
+    every token; PPO's GAE passes the outcome back only lambda^t far from the last token, so with a critic that
+    knows nothing yet the first tokens of right and wrong rows get nearly the same advantage.
+    adv, mask: (B, R); scores: (B,); returns (correct, wrong) as floats."""
+    head = mask.clone()
+    head[:, k:] = 0
+    good = (scores > 0).to(mask.dtype)[:, None]
+    out = []
+    for sel in (good, 1 - good):
+        m = head * sel
+        n = float(m.sum())
+        out.append(None if n == 0 else float((adv * m).sum()) / n)
+    return tuple(out)
 
 
 def clipped_policy_loss(logp, old_logp, advantages, mask, clip=0.2, agg="token-mean"):
@@ -308,6 +325,7 @@ def setup(argv, reward_fn, prompts=None, eval_records=None, eval_fn=None):
             "type": "config", **vars(args), "world_size": world, "num_prompts": len(run.records),
             "dropped_prompts": run.dropped, "init_step": run.init_ck.get("step"), "init_kind": run.init_ck.get("kind")})
         run.eval_log = [r for r in kept if r.get("type") == "eval"]
+        open_tracker(args.wandb, run.metrics_path, kept[0] if kept else vars(args), args.wandb_project)
     return run
 
 
@@ -577,6 +595,7 @@ def train_ppo(run):
                     "lr": opt.param_groups[0]["lr"], "critic_lr": copt.param_groups[0]["lr"],
                     "grad_norm": None if frozen else gnorm, "skipped_updates": skipped,
                     "actor_frozen": frozen})
+        rec["adv_head_correct"], rec["adv_head_wrong"] = head_advantage(batch["adv"], mask, batch["scores"])
         if finish_step(run, rec, model, state, kl="-" if rec["kl"] is None else f"{rec['kl']:.4f}"):
             break
     return model
@@ -639,6 +658,7 @@ def train_grpo(run):
                     "clipfrac": s["clip"] / max(s["wsum"], 1), "pg_loss": s["pg_loss"] / done,
                     "kl_loss": s["kl_loss"] / done, "lr": opt.param_groups[0]["lr"],
                     "grad_norm": gnorm, "skipped_updates": skipped})
+        rec["adv_head_correct"], rec["adv_head_wrong"] = head_advantage(batch["adv"], mask, batch["scores"])
         if finish_step(run, rec, model, state, kl="-" if rec["kl"] is None else f"{rec['kl']:.4f}"):
             break
     return model
@@ -736,6 +756,7 @@ def train(argv=None, reward_fn=None, prompts=None, eval_records=None, eval_fn=No
     finally:
         if run.bar is not None:
             run.bar.close()
+        close_tracker(run.metrics_path)
     if run.master:
         print(f"checkpoint: {os.path.join(args.out_dir, 'ckpt.pt')} (step {run.step}/{args.max_steps})")
     if run.ddp:

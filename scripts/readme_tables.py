@@ -16,6 +16,12 @@ alone. The blocks and their files:
                                                    (the same seeds of results/main-job/ are the arm without them)
   frequent         results/frequent/*.json         python echo_chamber.py --name freq-... --seeds ...
                                                    --pretrain-args "--mix ..."; copied to results/frequent/
+  algorithms       results/algorithms/ARM-seed*.json  python echo_chamber.py --seeds ... --algo ALGO [--rl-name ARM
+                                                   --rl-args "..."]: each arm from the same pretrained models; each
+                                                   result.json copied to results/algorithms/<ARM>-seed<S>.json
+  ei-rounds        results/algorithms/ei-seed*.json   (the EI arm's rounds: kept set and the next round's mix)
+  scale            results/scale/*-seed*.json      python echo_chamber.py --name scale-... --forced-formats
+                                                   --pretrain-args "--n-layer ... --n-embd ..."; copied there
 A block whose files are missing says so instead of a table.
 """
 import argparse
@@ -240,8 +246,139 @@ def frequent(results):
         f"**{sum(r['winner'] == r['most_accurate_before_sampled'] for r in res)}/{n}**."])
 
 
+def _arm_key(arm):
+    """Table order of the algorithm arms: grpo, then ppo and its variants, then ei and its variants."""
+    return (["grpo", "ppo", "ei"].index(arm.split("-")[0]) if arm.split("-")[0] in ("grpo", "ppo", "ei") else 9, arm)
+
+
+def _first_at(evals, share=0.9):
+    """The first eval step at which one format held `share` of the greedy outputs, or '-' if none did."""
+    return next((e["step"] for e in evals if max(e["format_shares"].get(f, 0) for f in FORMATS) >= share), "-")
+
+
+def _head_gap(r, steps=5):
+    """Mean over the first `steps` RL steps of (advantage on the first 5 tokens of correct rows) - (of wrong rows)."""
+    gaps = [c - w for _, c, w in r.get("train", {}).get("adv_head", [])[:steps] if c is not None and w is not None]
+    return None if not gaps else sum(gaps) / len(gaps)
+
+
+def algorithms(results):
+    files = glob.glob(os.path.join(results, "algorithms", "*-seed*.json"))
+    if not files:
+        return "(no results/algorithms/*.json yet: run the algorithm comparison, docs/LOG.md)"
+    import echo_chamber
+    arm_of = lambda f: re.sub(r"-seed\d+\.json$", "", os.path.basename(f))
+    files.sort(key=lambda f: (_arm_key(arm_of(f)), _seed_of(f)))
+    rows, by_arm, cmds = [], {}, {}
+    for f in files:
+        r, arm = load(f), arm_of(f)
+        b, a = r["test_before"], r["test_after"]
+        sb, sa = b.get("sampled", {}), a.get("sampled", {})
+        w, ws = top(a["format_shares"])
+        gap = _head_gap(r)
+        rows.append([arm, r["seed"], f"{r['train']['samples']:,}",
+                     " / ".join(pct(b["format_shares"].get(x, 0), 0) for x in FORMATS), f"{w} {pct(ws, 0)}",
+                     _first_at(r["evals"]), f"{pct(b['pass@1'])} -> {pct(a['pass@1'])}",
+                     f"{pct(sb.get('pass@k', {}).get('1'))} -> {pct(sa.get('pass@k', {}).get('1'))}",
+                     "-" if gap is None else f"{gap:+.2f}", f"{r['seconds'].get('rl', 0) / 60:.1f}"])
+        by_arm.setdefault(arm, []).append(r)
+        cmds.setdefault(arm, r["command"])
+    lines = ["Each arm from the same pretrained models (one per seed; `python echo_chamber.py --seeds ...` pretrains "
+             "them, every arm reuses them):", ""]
+    lines += [f"- {arm}: `{cmd}`" for arm, cmd in sorted(cmds.items(), key=lambda kv: _arm_key(kv[0]))]
+    lines += ["", md(["arm", "seed", "samples", "before: tinygsm / omi1 / omi2", "after: winner", "step at 90%",
+                      "greedy pass@1", "sampled pass@1", "head credit", "RL min"], rows), "",
+              "`head credit`: over the first 5 RL steps, the mean advantage on the first 5 response tokens (where the "
+              "format is chosen) of correct rollouts minus that of wrong ones (rl.head_advantage); `step at 90%`: the "
+              "first eval step with one format at 90% of greedy outputs. Sampled pass@1: T 0.7, n = "
+              f"{load(files[0])['test_before'].get('sampled', {}).get('n', '-')} on the first "
+              f"{load(files[0])['test_before'].get('sampled', {}).get('num_problems', '-')} problems.", ""]
+    for arm, res in sorted(by_arm.items(), key=lambda kv: _arm_key(kv[0])):
+        m = lambda xs: echo_chamber.mean_se(xs)
+        pa, pb = m([r["test_after"]["pass@1"] for r in res]), m([r["test_before"]["pass@1"] for r in res])
+        d = m([r["test_after"]["pass@1"] - r["test_before"]["pass@1"] for r in res])
+        coll = sum(max(r["test_after"]["format_shares"].get(x, 0) for x in FORMATS) >= 0.9 for r in res)
+        up = sum(r["test_after"]["pass@1"] > r["test_before"]["pass@1"] for r in res)
+        fmt = lambda t: f"{100 * t[0]:.1f}" + ("" if t[1] is None else f" +- {100 * t[1]:.1f}")
+        wins = {}
+        for r in res:
+            wins[r["winner"]] = wins.get(r["winner"], 0) + 1
+        lines.append(f"{arm}: one format at 90%+ after in **{coll}/{len(res)}** seeds, pass@1 higher in "
+                     f"**{up}/{len(res)}**; pass@1 {fmt(pb)}% -> {fmt(pa)}% (change {fmt(d)} points, mean +- SE); "
+                     "winners " + ", ".join(f"{k} {v}" for k, v in sorted(wins.items())) + ".")
+    return "\n".join(lines)
+
+
+def _tv(p, q):
+    """Total variation distance between two format mixes (over the three formats and 'other')."""
+    keys = set(p) | set(q)
+    return 0.5 * sum(abs(p.get(k, 0) - q.get(k, 0)) for k in keys)
+
+
+def ei_rounds(results):
+    files = sorted(glob.glob(os.path.join(results, "algorithms", "ei-seed*.json")), key=_seed_of)
+    if not files:
+        return "(no results/algorithms/ei-seed*.json yet)"
+    rows, pred = [], []
+    mix = lambda d: " / ".join(pct(d.get(x, 0), 0) for x in FORMATS)
+    for f in files:
+        r = load(f)
+        rounds = r["train"]["rounds"]
+        evals = {e["step"]: e for e in r["evals"]}
+        for i, rd in enumerate(rounds):
+            nxt = rounds[i + 1]["sample_format_shares"] if i + 1 < len(rounds) else None
+            ev = evals.get(rd["round"])
+            rows.append([r["seed"], rd["round"], f"{rd['accuracy'] * 100:.1f}%", rd["kept"],
+                         mix(rd["sample_format_shares"]), mix(rd["kept_format_shares"]),
+                         "-" if nxt is None else mix(nxt), "-" if ev is None else mix(ev["format_shares"])])
+            if nxt is not None:
+                pred.append((_tv(rd["kept_format_shares"], nxt), _tv(rd["sample_format_shares"], nxt)))
+    lines = ["Expert Iteration round by round (format mixes as tinygsm / omi1 / omi2): the round's samples (T 1.0, "
+             "top-p 0.95) and their accuracy, the kept set (correct, distinct) the next policy is fine-tuned on, the "
+             "next round's samples from that policy, and its greedy eval:", "",
+             md(["seed", "round", "sample acc", "kept", "samples", "kept set", "next round's samples",
+                 "greedy eval after"], rows)]
+    if pred:
+        k = sum(a for a, _ in pred) / len(pred)
+        s = sum(b for _, b in pred) / len(pred)
+        lines += ["", f"Does the kept set's mix predict the next round's? Mean total variation distance to the next "
+                      f"round's sample mix over {len(pred)} round pairs: kept set **{k:.2f}**, this round's samples "
+                      f"{s:.2f} (smaller is closer; kept closer in {sum(a < b for a, b in pred)} of {len(pred)})."]
+    return "\n".join(lines)
+
+
+def scale(results):
+    files = glob.glob(os.path.join(results, "scale", "*-seed*.json"))
+    if not files:
+        return "(no results/scale/*.json yet: run the scale experiment, docs/LOG.md)"
+    res = sorted((load(f) for f in files), key=lambda r: (r["params"], r["seed"]))
+    rows, cmds = [], {}
+    for r in res:
+        fb = r.get("forced_before") or {}
+        cells = [("-" if x not in fb else f"{pct(fb[x]['sampled_pass@1'], 1)}"
+                  + ("" if fb[x].get("sampled_pass@1_se") is None else f" +- {100 * fb[x]['sampled_pass@1_se']:.1f}"))
+                 for x in FORMATS]
+        best = max(fb, key=lambda x: fb[x]["sampled_pass@1"]) if fb else "-"
+        b, a = r["test_before"], r["test_after"]
+        w, ws = top(a["format_shares"])
+        rows.append([f"{r['params'] / 1e6:.2f}M", r["seed"]] + cells + [
+            best, " / ".join(pct(b["format_shares"].get(x, 0), 0) for x in FORMATS), f"{w} {pct(ws, 0)}",
+            f"{pct(b['pass@1'])} -> {pct(a['pass@1'])}"])
+        cmds.setdefault(f"{r['params'] / 1e6:.2f}M", r["command"])
+    fb0 = next((r["forced_before"] for r in res if r.get("forced_before")), {})
+    any_fmt = next(iter(fb0.values()), {})
+    return "\n".join(
+        [f"Each size pretrained on the same mixture, then evaluated with each format forced (the answer starts "
+         f"with the format's first words; sampled pass@1 +- SE over problems, T 0.7, n = {any_fmt.get('n', '-')} on "
+         f"{any_fmt.get('num_problems', '-')} problems), then GRPO:", ""]
+        + [f"- {k}: `{c}`" for k, c in cmds.items()]
+        + ["", md(["params", "seed", "forced tinygsm", "forced omi1", "forced omi2", "best forced",
+                   "before: tinygsm / omi1 / omi2 (greedy)", "after GRPO: winner", "greedy pass@1"], rows)])
+
+
 BLOCKS = {"bench-data": bench_data, "main-job-seeds": main_job_seeds, "main-job-steps": main_job_steps,
-          "transfer": transfer, "frequent": frequent}
+          "transfer": transfer, "frequent": frequent, "algorithms": algorithms, "ei-rounds": ei_rounds,
+          "scale": scale}
 
 
 def render(text, results):

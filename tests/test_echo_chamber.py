@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_main_job_runs_end_to_end(tmp_path):
     out = str(tmp_path / "echo")
     cmd = [sys.executable, "echo_chamber.py", "--out-dir", out, "--seed", "3", "--pretrain-iters", "4",
-           "--rl-steps", "1", "--eval-limit", "3", "--no-tqdm",
+           "--rl-steps", "1", "--eval-limit", "3", "--no-tqdm", "--forced-formats", "--forced-limit", "3",
            "--pretrain-args", f"--n-layer 1 --n-embd 32 --n-head 2 --block-size 128 --batch-size 4 "
                               f"--total-batch-size 4 --unit 200 --samples 0 --eval-interval 0 "
                               f"--data-dir {tmp_path / 'cache'}",
@@ -41,9 +41,23 @@ def test_main_job_runs_end_to_end(tmp_path):
         out, "rl-grpo-s1", "eval-synthetic-hard-before", "summary.json")))["pass@1"]
     assert os.path.exists(os.path.join(out, "rl-grpo-s1", "formats.png"))
     assert "held-out synthetic test set" in p.stdout
-    # a second run reuses the complete pretraining instead of training again
+    # --forced-formats: the pretrained model evaluated with each format's opening forced
+    for fmt in ("tinygsm", "omi1", "omi2"):
+        sm = json.load(open(os.path.join(out, "pretrain", f"eval-forced-{fmt}", "summary.json")))
+        assert sm["force_format"] == fmt and sm["n"] == 4 and sm["temperature"] == 0.7 and sm["top_p"] == 1.0
+        f = res["forced_before"][fmt]
+        assert f["pass@1"] == sm["pass@1"] and f["sampled_pass@1"] == sm["sampled"]["pass@k"]["1"]
+        assert f["num_problems"] == sm["num_problems"] == 3
+    assert res["train"]["samples"] == 2 * 2 and res["train"]["steps"] == 1
+    assert res["params"] > 0 and res["rl_args"].startswith("--eval-n 3")
+    # a second run reuses the complete pretraining, forced evals and RL instead of running them again
     p2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert p2.returncode == 0 and "(complete, reused)" in p2.stdout
+    assert p2.returncode == 0 and p2.stdout.count("(complete, reused)") == 2, p2.stdout[-2000:]
+    assert "$ rl.py" not in p2.stdout and "$ pretrain.py" not in p2.stdout and "--force-format" not in p2.stdout
+    assert json.load(open(os.path.join(out, "rl-grpo-s1", "result.json")))["test_after"] == res["test_after"]
+    # --rl-name: another setting on the same pretrained model gets its own folder
+    p3 = subprocess.run(cmd + ["--rl-name", "other"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p3.returncode == 0 and os.path.exists(os.path.join(out, "rl-other", "result.json")), p3.stderr[-2000:]
 
 
 def test_seeds_aggregate_counts_checks_and_gives_mean_and_standard_error():
@@ -73,6 +87,7 @@ def test_seeds_aggregate_counts_checks_and_gives_mean_and_standard_error():
 
 def test_bad_seeds_are_one_line_errors():
     for flags, needle in ((["--seeds", "1,x"], "comma-separated integers"), (["--seeds", "2,2"], "distinct"),
-                          (["--seeds", "1,2", "--out-dir", "o"], "--out-dir names one seed")):
+                          (["--seeds", "1,2", "--out-dir", "o"], "--out-dir names one seed"),
+                          (["--rl-name", "a/b"], "--rl-name must be")):
         p = subprocess.run([sys.executable, "echo_chamber.py"] + flags, cwd=ROOT, capture_output=True, text=True)
         assert p.returncode != 0 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

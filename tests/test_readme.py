@@ -92,3 +92,56 @@ def test_transfer_and_frequent_tables(tmp_path):
     assert "| 7 | 20% +- 2 (50% +- 5) | 64% +- 2 (30% +- 3) | 16% +- 2 (-) | omi1 | tinygsm | tinygsm 100% |" in text
     assert "omi1 held more than half of the sampled outputs before RL in **1/1 seeds**" in text
     assert "most frequent format (sampled) in **0/1** seeds and the most accurate (sampled) in **1/1**" in text
+
+
+def _algo_result(seed, winner, test, samples, adv_head=None, rounds=None, forced=None, params=1.59e6):
+    """A result.json with the keys the algorithms, ei-rounds and scale tables read."""
+    shares = lambda w, s: {f: (s if f == w else (1 - s) / 2) for f in readme_tables.FORMATS}
+    before = {"pass@1": test[0], "format_shares": {"tinygsm": 0.3, "omi1": 0.4, "omi2": 0.3},
+              "sampled": {"n": 4, "num_problems": 100, "pass@k": {"1": test[0] - 0.05}}}
+    after = {"pass@1": test[1], "format_shares": shares(winner, 0.96), "sampled": {"pass@k": {"1": test[1] - 0.05}}}
+    train = {"samples": samples, "steps": 30}
+    if adv_head:
+        train["adv_head"] = adv_head
+    if rounds:
+        train["rounds"] = rounds
+    return {"seed": seed, "command": f"python echo_chamber.py --seeds {seed}", "winner": winner,
+            "test_before": before, "test_after": after, "seconds": {"rl": 300.0}, "train": train, "params": params,
+            "forced_before": forced,
+            "evals": [dict(before, step=0), {"step": 4, "format_shares": shares(winner, 0.92)}, dict(after, step=30)]}
+
+
+def test_algorithm_ei_and_scale_tables(tmp_path):
+    (tmp_path / "algorithms").mkdir()
+    (tmp_path / "scale").mkdir()
+    # grpo: the head credit over the first 5 steps is (1.5 - -0.5 + 1.0 - 0.0) / 2 = 1.5 (None rows are skipped)
+    g = _algo_result(2, "omi1", (0.2, 0.5), 3840, adv_head=[[1, 1.5, -0.5], [2, 1.0, 0.0], [3, None, -1.0]])
+    (tmp_path / "algorithms" / "grpo-seed2.json").write_text(json.dumps(g))
+    (tmp_path / "algorithms" / "ppo-seed2.json").write_text(json.dumps(
+        _algo_result(2, "tinygsm", (0.2, 0.1), 3840, adv_head=[[1, -0.21, -0.24]])))
+    # ei: round 1 keeps 40% tinygsm / 60% omi1 and round 2 samples 35 / 65 (TV 0.05); round 1's own samples were
+    # 30 / 40 / 30 (TV to round 2: 0.5 * (0.05 + 0.25 + 0.3) = 0.3)
+    rounds = [{"round": 1, "kept": 50, "accuracy": 0.04, "sample_format_shares": {"tinygsm": 0.3, "omi1": 0.4, "omi2": 0.3},
+               "kept_format_shares": {"tinygsm": 0.4, "omi1": 0.6, "omi2": 0.0}},
+              {"round": 2, "kept": 80, "accuracy": 0.06, "sample_format_shares": {"tinygsm": 0.35, "omi1": 0.65},
+               "kept_format_shares": {"tinygsm": 0.2, "omi1": 0.8}}]
+    ei = _algo_result(2, "omi1", (0.2, 0.3), 3840, rounds=rounds)
+    ei["evals"][1]["step"] = 1  # the greedy eval after round 1
+    (tmp_path / "algorithms" / "ei-seed2.json").write_text(json.dumps(ei))
+    text = readme_tables.algorithms(str(tmp_path))
+    assert text.index("| grpo | 2 |") < text.index("| ppo | 2 |") < text.index("| ei | 2 |")
+    assert "| grpo | 2 | 3,840 | 30% / 40% / 30% | omi1 96% | 4 | 20.0% -> 50.0% | 15.0% -> 45.0% | +1.50 | 5.0 |" in text
+    assert "| ppo | 2 | 3,840 | 30% / 40% / 30% | tinygsm 96% | 4 | 20.0% -> 10.0% | 15.0% -> 5.0% | +0.03 | 5.0 |" in text
+    assert "ppo: one format at 90%+ after in **1/1** seeds, pass@1 higher in **0/1**; pass@1 20.0% -> 10.0% " \
+           "(change -10.0 points, mean +- SE); winners tinygsm 1." in text
+    text = readme_tables.ei_rounds(str(tmp_path))
+    assert "| 2 | 1 | 4.0% | 50 | 30% / 40% / 30% | 40% / 60% / 0% | 35% / 65% / 0% | 4% / 92% / 4% |" in text
+    assert "| 2 | 2 | 6.0% | 80 | 35% / 65% / 0% | 20% / 80% / 0% | - | - |" in text
+    assert "kept set **0.05**, this round's samples 0.30 (smaller is closer; kept closer in 1 of 1)" in text
+    forced = {f: {"sampled_pass@1": p, "sampled_pass@1_se": 0.02, "n": 4, "num_problems": 100}
+              for f, p in (("tinygsm", 0.21), ("omi1", 0.18), ("omi2", 0.3))}
+    (tmp_path / "scale" / "d256-seed1.json").write_text(json.dumps(
+        _algo_result(1, "omi2", (0.3, 0.6), 3840, forced=forced, params=5.77e6)))
+    text = readme_tables.scale(str(tmp_path))
+    assert "| 5.77M | 1 | 21.0% +- 2.0 | 18.0% +- 2.0 | 30.0% +- 2.0 | omi2 | 30% / 40% / 30% | omi2 96% | " \
+           "30.0% -> 60.0% |" in text

@@ -62,6 +62,17 @@ def test_grpo_group_normalisation_by_hand():
     assert same.abs().max().item() == 0.0  # a group that all agrees teaches nothing
 
 
+def test_head_advantage_by_hand():
+    adv = torch.tensor([[1.0, 2.0, 3.0, 9.0], [-1.0, -3.0, 0.0, 0.0], [4.0, 0.5, 7.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    scores = torch.tensor([1.0, 0.0, 1.0])
+    # first 2 tokens: correct rows 0 and 2 -> (1 + 2 + 4 + 0.5) / 4; wrong row 1 -> (-1 - 3) / 2
+    assert rl.head_advantage(adv, mask, scores, k=2) == pytest.approx((1.875, -2.0))
+    # k past a short row counts only its real tokens (row 1 has 2): (1 + 2 + 3 + 4 + 0.5 + 7) / 6, (-1 - 3) / 2
+    assert rl.head_advantage(adv, mask, scores, k=3) == pytest.approx((17.5 / 6, -2.0))
+    assert rl.head_advantage(adv, mask, torch.ones(3), k=2)[1] is None  # no wrong rows
+
+
 def test_kl_estimators_by_hand():
     logp = torch.log(torch.tensor([[0.5, 0.25, 0.1, 0.1], [0.3, 0.3, 0.3, 0.3]]))
     ref = torch.log(torch.tensor([[0.25, 0.5, 0.1, 0.1], [0.3, 0.3, 0.3, 0.3]]))
@@ -210,6 +221,7 @@ def test_each_algorithm_learns_a_trivial_task(tiny, tmp_path, algo, steps):
         for key in ("kl", "entropy", "clipfrac", "lr", "grad_norm"):
             assert key in rec, key
         assert rec["kl"] is None  # beta 0: no reference model, no KL to report
+        assert "adv_head_correct" in rec and "adv_head_wrong" in rec
     if algo == "ppo":
         assert "value_loss" in rec and "value_clipfrac" in rec
     # the latest checkpoint and the log-spaced snapshots (1, 2, 4, ... and the last), loadable by evaluate.py
@@ -466,3 +478,51 @@ def test_ppo_critic_warmup_freezes_the_actor(tiny, tmp_path):
     assert any(not torch.equal(res["model"].state_dict()[k], v) for k, v in start.state_dict().items())
     res = rl.train(flags(tiny, tmp_path / "n", "ppo", "--max-steps", "1"), reward_fn=yes_reward(tiny), prompts=PROMPTS)
     assert any(not torch.equal(res["model"].state_dict()[k], v) for k, v in start.state_dict().items())
+
+
+class FakeWandb:
+    """Stands in for the wandb module: records what --wandb sends."""
+    def __init__(self):
+        self.inits, self.logged, self.finished = [], [], 0
+
+    def init(self, **kw):
+        self.inits.append(kw)
+        fake = self
+
+        class Run:
+            def log(self, data, step=None):
+                fake.logged.append((step, data))
+
+            def finish(self):
+                fake.finished += 1
+        return Run()
+
+
+def test_wandb_mirrors_every_metrics_record(tiny, tmp_path, monkeypatch):
+    import sys
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    rl.train(flags(tiny, tmp_path, "grpo", "--max-steps", "2", "--wandb", "--wandb-project", "p"),
+             reward_fn=yes_reward(tiny), prompts=PROMPTS)
+    assert len(fake.inits) == 1 and fake.inits[0]["project"] == "p" and fake.inits[0]["config"]["algo"] == "grpo"
+    assert fake.finished == 1
+    recs = [json.loads(ln) for ln in open(tmp_path / "metrics.jsonl")][1:]  # the config record goes to init
+    assert [s for s, _ in fake.logged] == [r["step"] for r in recs] == [1, 2]
+    assert fake.logged[1][1]["train/reward"] == recs[1]["reward"]
+    assert fake.logged[1][1]["train/format_shares/other"] == recs[1]["format_shares"]["other"] == 1.0
+    # off by default; without the package it is one clear error
+    fake.inits.clear()
+    rl.train(flags(tiny, tmp_path / "off", "grpo", "--max-steps", "1"), reward_fn=yes_reward(tiny), prompts=PROMPTS)
+    assert not fake.inits
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(UserError, match="pip install wandb"):
+        rl.train(flags(tiny, tmp_path / "none", "grpo", "--max-steps", "1", "--wandb"), reward_fn=yes_reward(tiny),
+                 prompts=PROMPTS)
+
+
+def test_flat_record_keeps_numbers_by_type():
+    from common import flat_record
+    rec = {"type": "eval", "step": 4, "pass@1": 0.25, "sampled": {"n": 4, "pass@k": {"2": 0.5}}, "cpu": "x",
+           "format_accuracy": {"omi2": None}, "actor_frozen": True, "bad": float("nan")}
+    assert flat_record(rec) == {"eval/pass@1": 0.25, "eval/sampled/n": 4, "eval/sampled/pass@k/2": 0.5,
+                                "eval/actor_frozen": 1}
