@@ -264,7 +264,8 @@ def rl_summary(rl_dir):
         out["rounds"] = [{"round": r["step"], "kept": r["kept"], "kept_format_shares": r["kept_format_shares"],
                           "sample_format_shares": r["format_shares"], "accuracy": r["accuracy"]} for r in recs]
     if any("adv_head_correct" in r for r in recs):
-        out["adv_head"] = [[r["step"], r["adv_head_correct"], r["adv_head_wrong"]] for r in recs]
+        out["adv_head"] = [[r["step"], r["adv_head_correct"], r["adv_head_wrong"], r.get("adv_head_format")]
+                           for r in recs]
     return out
 
 

@@ -146,21 +146,27 @@ def compute_grpo_outcome_advantage(scores, mask, group_size, eps=1e-6):
     return adv[:, None] * mask
 
 
-def head_advantage(adv, mask, scores, k=5):
-    """Credit where the format is chosen: the mean advantage on the first k response tokens of the rows that scored
-    > 0, and of the rows that did not (None for a group with no rows). GRPO puts each row's outcome advantage on
-    every token; PPO's GAE passes the outcome back only lambda^t far from the last token, so with a critic that
-    knows nothing yet the first tokens of right and wrong rows get nearly the same advantage.
-    adv, mask: (B, R); scores: (B,); returns (correct, wrong) as floats."""
+def head_advantage(adv, mask, groups, k=5):
+    """Credit where the format is chosen: the mean advantage on the first k response tokens of each group of rows
+    (groups: one label per row, e.g. correct / wrong, or the row's format) -> {label: mean}. GRPO puts each row's
+    outcome advantage on every token; PPO's GAE passes the outcome back only lambda^t from the last token, so what
+    reaches the first tokens is mostly the critic's own differences V(s_t+1) - V(s_t).
+    adv, mask: (B, R) -> a dict of floats."""
     head = mask.clone()
     head[:, k:] = 0
-    good = (scores > 0).to(mask.dtype)[:, None]
-    out = []
-    for sel in (good, 1 - good):
-        m = head * sel
-        n = float(m.sum())
-        out.append(None if n == 0 else float((adv * m).sum()) / n)
-    return tuple(out)
+    per_row, count = (adv * head).sum(-1).tolist(), head.sum(-1).tolist()
+    sums = {}
+    for g, a, c in zip(groups, per_row, count):
+        s = sums.setdefault(g, [0.0, 0.0])
+        s[0], s[1] = s[0] + a, s[1] + c
+    return {g: a / c for g, (a, c) in sums.items() if c > 0}
+
+
+def head_record(adv, mask, samples):
+    """The train record's head-credit keys: correct against wrong rows, and by format."""
+    by_ok = head_advantage(adv, mask, [s["reward"] > 0 for s in samples])
+    return {"adv_head_correct": by_ok.get(True), "adv_head_wrong": by_ok.get(False),
+            "adv_head_format": head_advantage(adv, mask, [s["format"] for s in samples])}
 
 
 def clipped_policy_loss(logp, old_logp, advantages, mask, clip=0.2, agg="token-mean"):
@@ -595,7 +601,7 @@ def train_ppo(run):
                     "lr": opt.param_groups[0]["lr"], "critic_lr": copt.param_groups[0]["lr"],
                     "grad_norm": None if frozen else gnorm, "skipped_updates": skipped,
                     "actor_frozen": frozen})
-        rec["adv_head_correct"], rec["adv_head_wrong"] = head_advantage(batch["adv"], mask, batch["scores"])
+        rec.update(head_record(batch["adv"], mask, samples))
         if finish_step(run, rec, model, state, kl="-" if rec["kl"] is None else f"{rec['kl']:.4f}"):
             break
     return model
@@ -658,7 +664,7 @@ def train_grpo(run):
                     "clipfrac": s["clip"] / max(s["wsum"], 1), "pg_loss": s["pg_loss"] / done,
                     "kl_loss": s["kl_loss"] / done, "lr": opt.param_groups[0]["lr"],
                     "grad_norm": gnorm, "skipped_updates": skipped})
-        rec["adv_head_correct"], rec["adv_head_wrong"] = head_advantage(batch["adv"], mask, batch["scores"])
+        rec.update(head_record(batch["adv"], mask, samples))
         if finish_step(run, rec, model, state, kl="-" if rec["kl"] is None else f"{rec['kl']:.4f}"):
             break
     return model

@@ -258,8 +258,18 @@ def _first_at(evals, share=0.9):
 
 def _head_gap(r, steps=5):
     """Mean over the first `steps` RL steps of (advantage on the first 5 tokens of correct rows) - (of wrong rows)."""
-    gaps = [c - w for _, c, w in r.get("train", {}).get("adv_head", [])[:steps] if c is not None and w is not None]
+    gaps = [row[1] - row[2] for row in r.get("train", {}).get("adv_head", [])[:steps]
+            if row[1] is not None and row[2] is not None]
     return None if not gaps else sum(gaps) / len(gaps)
+
+
+def _head_by_format(r, steps=5):
+    """'t / o1 / o2': each format's mean advantage on the first 5 tokens over the first `steps` RL steps."""
+    rows = [row[3] for row in r.get("train", {}).get("adv_head", [])[:steps] if len(row) > 3 and row[3]]
+    if not rows:
+        return "-"
+    cell = lambda f: [x[f] for x in rows if x.get(f) is not None]
+    return " / ".join("-" if not cell(f) else f"{sum(cell(f)) / len(cell(f)):+.2f}" for f in FORMATS)
 
 
 def algorithms(results):
@@ -280,16 +290,18 @@ def algorithms(results):
                      " / ".join(pct(b["format_shares"].get(x, 0), 0) for x in FORMATS), f"{w} {pct(ws, 0)}",
                      _first_at(r["evals"]), f"{pct(b['pass@1'])} -> {pct(a['pass@1'])}",
                      f"{pct(sb.get('pass@k', {}).get('1'))} -> {pct(sa.get('pass@k', {}).get('1'))}",
-                     "-" if gap is None else f"{gap:+.2f}", f"{r['seconds'].get('rl', 0) / 60:.1f}"])
+                     "-" if gap is None else f"{gap:+.2f}", _head_by_format(r),
+                     f"{r['seconds'].get('rl', 0) / 60:.1f}"])
         by_arm.setdefault(arm, []).append(r)
         cmds.setdefault(arm, r["command"])
     lines = ["Each arm from the same pretrained models (one per seed; `python echo_chamber.py --seeds ...` pretrains "
              "them, every arm reuses them):", ""]
     lines += [f"- {arm}: `{cmd}`" for arm, cmd in sorted(cmds.items(), key=lambda kv: _arm_key(kv[0]))]
     lines += ["", md(["arm", "seed", "samples", "before: tinygsm / omi1 / omi2", "after: winner", "step at 90%",
-                      "greedy pass@1", "sampled pass@1", "head credit", "RL min"], rows), "",
+                      "greedy pass@1", "sampled pass@1", "head credit", "head credit by format", "RL min"], rows), "",
               "`head credit`: over the first 5 RL steps, the mean advantage on the first 5 response tokens (where the "
-              "format is chosen) of correct rollouts minus that of wrong ones (rl.head_advantage); `step at 90%`: the "
+              "format is chosen) of correct rollouts minus that of wrong ones (rl.head_advantage); `by format`: "
+              "the same mean for the rollouts of each format, tinygsm / omi1 / omi2; `step at 90%`: the "
               "first eval step with one format at 90% of greedy outputs. Sampled pass@1: T 0.7, n = "
               f"{load(files[0])['test_before'].get('sampled', {}).get('n', '-')} on the first "
               f"{load(files[0])['test_before'].get('sampled', {}).get('num_problems', '-')} problems.", ""]

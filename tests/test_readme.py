@@ -115,7 +115,9 @@ def test_algorithm_ei_and_scale_tables(tmp_path):
     (tmp_path / "algorithms").mkdir()
     (tmp_path / "scale").mkdir()
     # grpo: the head credit over the first 5 steps is (1.5 - -0.5 + 1.0 - 0.0) / 2 = 1.5 (None rows are skipped)
-    g = _algo_result(2, "omi1", (0.2, 0.5), 3840, adv_head=[[1, 1.5, -0.5], [2, 1.0, 0.0], [3, None, -1.0]])
+    # by format: tinygsm (0.2 + 0.4) / 2, omi1 1.0 (one step), omi2 none
+    g = _algo_result(2, "omi1", (0.2, 0.5), 3840, adv_head=[[1, 1.5, -0.5, {"tinygsm": 0.2, "omi1": 1.0}],
+                                                             [2, 1.0, 0.0, {"tinygsm": 0.4}], [3, None, -1.0, {}]])
     (tmp_path / "algorithms" / "grpo-seed2.json").write_text(json.dumps(g))
     (tmp_path / "algorithms" / "ppo-seed2.json").write_text(json.dumps(
         _algo_result(2, "tinygsm", (0.2, 0.1), 3840, adv_head=[[1, -0.21, -0.24]])))
@@ -130,8 +132,8 @@ def test_algorithm_ei_and_scale_tables(tmp_path):
     (tmp_path / "algorithms" / "ei-seed2.json").write_text(json.dumps(ei))
     text = readme_tables.algorithms(str(tmp_path))
     assert text.index("| grpo | 2 |") < text.index("| ppo | 2 |") < text.index("| ei | 2 |")
-    assert "| grpo | 2 | 3,840 | 30% / 40% / 30% | omi1 96% | 4 | 20.0% -> 50.0% | 15.0% -> 45.0% | +1.50 | 5.0 |" in text
-    assert "| ppo | 2 | 3,840 | 30% / 40% / 30% | tinygsm 96% | 4 | 20.0% -> 10.0% | 15.0% -> 5.0% | +0.03 | 5.0 |" in text
+    assert "| grpo | 2 | 3,840 | 30% / 40% / 30% | omi1 96% | 4 | 20.0% -> 50.0% | 15.0% -> 45.0% | +1.50 | +0.30 / +1.00 / - | 5.0 |" in text
+    assert "| ppo | 2 | 3,840 | 30% / 40% / 30% | tinygsm 96% | 4 | 20.0% -> 10.0% | 15.0% -> 5.0% | +0.03 | - | 5.0 |" in text
     assert "ppo: one format at 90%+ after in **1/1** seeds, pass@1 higher in **0/1**; pass@1 20.0% -> 10.0% " \
            "(change -10.0 points, mean +- SE); winners tinygsm 1." in text
     text = readme_tables.ei_rounds(str(tmp_path))

@@ -65,12 +65,17 @@ def test_grpo_group_normalisation_by_hand():
 def test_head_advantage_by_hand():
     adv = torch.tensor([[1.0, 2.0, 3.0, 9.0], [-1.0, -3.0, 0.0, 0.0], [4.0, 0.5, 7.0, 7.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
-    scores = torch.tensor([1.0, 0.0, 1.0])
-    # first 2 tokens: correct rows 0 and 2 -> (1 + 2 + 4 + 0.5) / 4; wrong row 1 -> (-1 - 3) / 2
-    assert rl.head_advantage(adv, mask, scores, k=2) == pytest.approx((1.875, -2.0))
+    # first 2 tokens: rows 0 and 2 -> (1 + 2 + 4 + 0.5) / 4; row 1 -> (-1 - 3) / 2
+    assert rl.head_advantage(adv, mask, ["a", "b", "a"], k=2) == pytest.approx({"a": 1.875, "b": -2.0})
     # k past a short row counts only its real tokens (row 1 has 2): (1 + 2 + 3 + 4 + 0.5 + 7) / 6, (-1 - 3) / 2
-    assert rl.head_advantage(adv, mask, scores, k=3) == pytest.approx((17.5 / 6, -2.0))
-    assert rl.head_advantage(adv, mask, torch.ones(3), k=2)[1] is None  # no wrong rows
+    assert rl.head_advantage(adv, mask, ["a", "b", "a"], k=3) == pytest.approx({"a": 17.5 / 6, "b": -2.0})
+    rec = rl.head_record(adv, mask, [{"reward": 1.0, "format": "omi1"}, {"reward": 0.0, "format": "omi1"},
+                                     {"reward": 0.0, "format": "omi2"}])
+    # k 5: row 0 (1 + 2 + 3 + 9) / 4 = 3.75; row 1 -2; row 2 (4 + 0.5 + 7) / 3
+    assert rec["adv_head_correct"] == pytest.approx(3.75)
+    assert rec["adv_head_wrong"] == pytest.approx((-4 + 11.5) / 5)
+    assert rec["adv_head_format"] == pytest.approx({"omi1": (15 - 4) / 6, "omi2": 11.5 / 3})
+    assert rl.head_record(adv, mask, [{"reward": 1.0, "format": None}] * 3)["adv_head_wrong"] is None
 
 
 def test_kl_estimators_by_hand():
@@ -221,7 +226,7 @@ def test_each_algorithm_learns_a_trivial_task(tiny, tmp_path, algo, steps):
         for key in ("kl", "entropy", "clipfrac", "lr", "grad_norm"):
             assert key in rec, key
         assert rec["kl"] is None  # beta 0: no reference model, no KL to report
-        assert "adv_head_correct" in rec and "adv_head_wrong" in rec
+        assert "adv_head_correct" in rec and "adv_head_wrong" in rec and "adv_head_format" in rec
     if algo == "ppo":
         assert "value_loss" in rec and "value_clipfrac" in rec
     # the latest checkpoint and the log-spaced snapshots (1, 2, 4, ... and the last), loadable by evaluate.py
