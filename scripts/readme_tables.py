@@ -302,7 +302,8 @@ def algorithms(results):
               "`head credit`: over the first 5 RL steps, the mean advantage on the first 5 response tokens (where the "
               "format is chosen) of correct rollouts minus that of wrong ones (rl.head_advantage); `by format`: "
               "the same mean for the rollouts of each format, tinygsm / omi1 / omi2; `step at 90%`: the "
-              "first eval step with one format at 90% of greedy outputs. Sampled pass@1: T 0.7, n = "
+              "first eval step with one format at 90% of greedy outputs. Sampled pass@1: at each arm's rollout setting "
+              "(PPO, GRPO: T 0.7; EI: T 1.0, top-p 0.95), n = "
               f"{load(files[0])['test_before'].get('sampled', {}).get('n', '-')} on the first "
               f"{load(files[0])['test_before'].get('sampled', {}).get('num_problems', '-')} problems.", ""]
     for arm, res in sorted(by_arm.items(), key=lambda kv: _arm_key(kv[0])):
@@ -311,12 +312,12 @@ def algorithms(results):
         d = m([r["test_after"]["pass@1"] - r["test_before"]["pass@1"] for r in res])
         coll = sum(max(r["test_after"]["format_shares"].get(x, 0) for x in FORMATS) >= 0.9 for r in res)
         up = sum(r["test_after"]["pass@1"] > r["test_before"]["pass@1"] for r in res)
-        fmt = lambda t: f"{100 * t[0]:.1f}" + ("" if t[1] is None else f" +- {100 * t[1]:.1f}")
+        fmt = lambda t, sign="": f"{100 * t[0]:{sign}.1f}" + ("" if t[1] is None else f" +- {100 * t[1]:.1f}")
         wins = {}
         for r in res:
             wins[r["winner"]] = wins.get(r["winner"], 0) + 1
         lines.append(f"{arm}: one format at 90%+ after in **{coll}/{len(res)}** seeds, pass@1 higher in "
-                     f"**{up}/{len(res)}**; pass@1 {fmt(pb)}% -> {fmt(pa)}% (change {fmt(d)} points, mean +- SE); "
+                     f"**{up}/{len(res)}**; pass@1 {fmt(pb)}% -> {fmt(pa)}% (change {fmt(d, '+')} points, mean +- SE); "
                      "winners " + ", ".join(f"{k} {v}" for k, v in sorted(wins.items())) + ".")
     return "\n".join(lines)
 
