@@ -360,6 +360,16 @@ def ei_rounds(results):
     return "\n".join(lines)
 
 
+def _best_forced(fb):
+    """The format most accurate when forced, or 'a ~ b' for those within one standard error of the best."""
+    if not fb:
+        return "-"
+    top_f = max(FORMATS, key=lambda x: fb.get(x, {}).get("sampled_pass@1", -1))
+    best, se = fb[top_f]["sampled_pass@1"], fb[top_f].get("sampled_pass@1_se") or 0
+    near = [x for x in FORMATS if x in fb and best - fb[x]["sampled_pass@1"] <= max(se, fb[x].get("sampled_pass@1_se") or 0)]
+    return " ~ ".join(near)
+
+
 def scale(results):
     files = glob.glob(os.path.join(results, "scale", "*-seed*.json"))
     if not files:
@@ -371,7 +381,7 @@ def scale(results):
         cells = [("-" if x not in fb else f"{pct(fb[x]['sampled_pass@1'], 1)}"
                   + ("" if fb[x].get("sampled_pass@1_se") is None else f" +- {100 * fb[x]['sampled_pass@1_se']:.1f}"))
                  for x in FORMATS]
-        best = max(fb, key=lambda x: fb[x]["sampled_pass@1"]) if fb else "-"
+        best = _best_forced(fb)
         b, a = r["test_before"], r["test_after"]
         w, ws = top(a["format_shares"])
         rows.append([f"{r['params'] / 1e6:.2f}M", r["seed"]] + cells + [

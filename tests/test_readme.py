@@ -144,6 +144,10 @@ def test_algorithm_ei_and_scale_tables(tmp_path):
               for f, p in (("tinygsm", 0.21), ("omi1", 0.18), ("omi2", 0.3))}
     (tmp_path / "scale" / "d256-seed1.json").write_text(json.dumps(
         _algo_result(1, "omi2", (0.3, 0.6), 3840, forced=forced, params=5.77e6)))
+    # within one SE of the best: a tie
+    assert readme_tables._best_forced({"tinygsm": {"sampled_pass@1": 0.2, "sampled_pass@1_se": 0.03},
+                                       "omi1": {"sampled_pass@1": 0.22, "sampled_pass@1_se": 0.01},
+                                       "omi2": {"sampled_pass@1": 0.02, "sampled_pass@1_se": 0.01}}) == "tinygsm ~ omi1"
     text = readme_tables.scale(str(tmp_path))
     assert "| 5.77M | 1 | 21.0% +- 2.0 | 18.0% +- 2.0 | 30.0% +- 2.0 | omi2 | 30% / 40% / 30% | omi2 96% | " \
            "30.0% -> 60.0% |" in text
