@@ -35,25 +35,28 @@ PRETRAIN = {
 
 # ---- RL (rl.py; PPO and GRPO). 150m/1b: the paper's PPO (64 prompts x 8 samples at T 0.7, 8 minibatches of 64
 # per rollout, actor lr 1e-6, critic 7e-6, cosine to 10% with 3% warmup, 10 passes over GSM8K train, at most
-# 1024 new tokens). toy: ../shared/TOY.md point 4 (16 x 8, T 0.7, beta 0, one update per rollout) at a constant
-# lr (a 30-step run leaves no room for a schedule); max_new_tokens 256 because the longest correct toy answer
-# runs ~200 tokens and a cut response gets reward 0, so the cap must not decide the race between formats.
+# 1024 new tokens, GAE lambda 0.95). toy: ../shared/TOY.md point 4 (16 x 8, T 0.7, beta 0, one update per
+# rollout) at a constant lr (a 30-step run leaves no room for a schedule); max_new_tokens 256 because the longest
+# correct toy answer runs ~200 tokens and a cut response gets reward 0, so the cap must not decide the race between
+# formats.
+# The toy's PPO uses GAE lambda 1.0: at 0.95 the outcome never reached the opening tokens and pass@1 fell at one of
+# three seeds; at 1.0 it rose at all three, as GRPO's does (docs/LOG.md, issue 21).
 RL = {
     "toy": dict(algo="grpo", prompt_set="synthetic", eval_set="synthetic", prompts=1024, prompts_per_step=16,
                 samples_per_prompt=8, temperature=0.7, top_p=1.0, max_new_tokens=256, lr=1.5e-4, critic_lr=5e-4,
-                kl=0.0, ppo_epochs=1, minibatches=1, micro_batch=32, gen_batch=128, max_steps=30, passes=None,
+                gae_lambda=1.0, kl=0.0, ppo_epochs=1, minibatches=1, micro_batch=32, gen_batch=128, max_steps=30, passes=None,
                 warmup_ratio=0.0, min_lr_ratio=1.0, eval_interval="log", eval_n=200, eval_samples=4, eval_sampled_n=100,
                 eval_batch=128,
                 sft_epochs=2, sft_batch=32),
     "150m": dict(algo="ppo", prompt_set="gsm8k", eval_set="gsm8k", prompts=0, prompts_per_step=64,
                  samples_per_prompt=8, temperature=0.7, top_p=1.0, max_new_tokens=1024, lr=1e-6, critic_lr=7e-6,
-                 kl=1e-3, ppo_epochs=1, minibatches=8, micro_batch=16, gen_batch=512, max_steps=0, passes=10,
+                 gae_lambda=0.95, kl=1e-3, ppo_epochs=1, minibatches=8, micro_batch=16, gen_batch=512, max_steps=0, passes=10,
                  warmup_ratio=0.03, min_lr_ratio=0.1, eval_interval=20, eval_n=0, eval_samples=0, eval_sampled_n=0,
                  eval_batch=256,
                  sft_epochs=2, sft_batch=256),
     "1b": dict(algo="ppo", prompt_set="gsm8k", eval_set="gsm8k", prompts=0, prompts_per_step=64,
                samples_per_prompt=8, temperature=0.7, top_p=1.0, max_new_tokens=1024, lr=1e-6, critic_lr=7e-6,
-               kl=1e-3, ppo_epochs=1, minibatches=8, micro_batch=4, gen_batch=128, max_steps=0, passes=10,
+               gae_lambda=0.95, kl=1e-3, ppo_epochs=1, minibatches=8, micro_batch=4, gen_batch=128, max_steps=0, passes=10,
                warmup_ratio=0.03, min_lr_ratio=0.1, eval_interval=20, eval_n=0, eval_samples=0, eval_sampled_n=0,
                eval_batch=128,
                sft_epochs=2, sft_batch=256),
@@ -118,7 +121,9 @@ def rl_args(argv=None):
     a("--clip", type=float, default=0.2, help="PPO/GRPO ratio clip")
     a("--value-clip", type=float, default=0.2, help="PPO value clip")
     a("--gamma", type=float, default=1.0, help="PPO discount")
-    a("--gae-lambda", type=float, default=0.95, help="PPO GAE lambda")
+    a("--gae-lambda", type=float, default=None, help="PPO GAE lambda (toy 1.0: at 0.95 the 0/1 outcome reaches only "
+                                                      "~20 tokens back and never the opening tokens that choose the "
+                                                      "format, docs/LOG.md; 150m/1b 0.95, the paper's)")
     a("--critic-warmup-steps", type=int, default=0,
       help="PPO: the first this many steps update the critic only, the actor frozen (OpenRLHF's freezing_actor_steps): "
            "a fresh value head otherwise hands the actor noise for advantages; they count in --max-steps")
