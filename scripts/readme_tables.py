@@ -396,7 +396,22 @@ def scale(results):
          f"{any_fmt.get('num_problems', '-')} problems), then GRPO:", ""]
         + [f"- {k}: `{c}`" for k, c in cmds.items()]
         + ["", md(["params", "seed", "forced tinygsm", "forced omi1", "forced omi2", "best forced",
-                   "before: tinygsm / omi1 / omi2 (greedy)", "after GRPO: winner", "greedy pass@1"], rows)])
+                   "before: tinygsm / omi1 / omi2 (greedy)", "after GRPO: winner", "greedy pass@1"], rows)]
+        + _prose_arithmetic(results))
+
+
+def _prose_arithmetic(results):
+    path = os.path.join(results, "scale", "prose-arithmetic.json")
+    if not os.path.exists(path):
+        return []
+    rows = [[r["file"].split("/pretrain/")[0].replace("out/", ""), r["outputs"], r["equations"],
+             pct(r["equations_right"]), pct(r["pass@1_as_written"]), pct(r["pass@1_arithmetic_redone"])]
+            for r in load(path)]
+    return ["", "The forced prose outputs, their arithmetic checked (`python scripts/prose_arithmetic.py "
+                "out/RUN/pretrain/eval-forced-omi2/generations.jsonl ... --json results/scale/prose-arithmetic.json`: "
+                "every `a op b = c` recomputed, corrected values carried into the equations that reuse them):", "",
+            md(["run", "prose outputs", "equations", "computed right", "pass@1 as written",
+                "pass@1 with the arithmetic redone"], rows)]
 
 
 BLOCKS = {"bench-data": bench_data, "main-job-seeds": main_job_seeds, "main-job-steps": main_job_steps,

@@ -151,3 +151,15 @@ def test_algorithm_ei_and_scale_tables(tmp_path):
     text = readme_tables.scale(str(tmp_path))
     assert "| 5.77M | 1 | 21.0% +- 2.0 | 18.0% +- 2.0 | 30.0% +- 2.0 | omi2 | 30% / 40% / 30% | omi2 96% | " \
            "30.0% -> 60.0% |" in text
+
+
+def test_prose_arithmetic_redoes_each_equation_by_hand():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from fractions import Fraction as F
+    import prose_arithmetic
+    # 12 / 3 written as 3 (own arithmetic wrong: 4); 12 + 3 = 15 is right as written, but its 3 is the wrong result
+    # above, so with the arithmetic redone it becomes 12 + 4 = 16
+    pairs, last = prose_arithmetic.redo("so $12 / 3 = 3$ balloons; together $12 + 3 = 15$; \\boxed{15}")
+    assert pairs == [(F(3), F(4)), (F(15), F(15))] and last == F(16)
+    assert prose_arithmetic.redo("no equations here") == ([], None)
+    assert prose_arithmetic.redo("$7 / 0 = 1$") == ([], None)  # division by zero is skipped, not a crash
