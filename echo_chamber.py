@@ -55,13 +55,15 @@ def get_args(argv=None):
                                                           "anything else runs: OpenMP spin-waits make 2 threads crawl)")
     p.add_argument("--pretrain-args", default="", help="extra flags for pretrain.py, as one string")
     p.add_argument("--rl-args", default="", help="extra flags for rl.py, as one string")
-    p.add_argument("--rl-name", default=None, help="the RL run's folder inside each seed's, out/<name>-seed<seed>/rl-<rl-name> "
-                                                   "(default: from --algo, --kl, --rl-steps); name one per --rl-args "
-                                                   "setting, so settings on the same pretrained model keep apart")
+    p.add_argument("--rl-name", default=None,
+                   help="the RL run's folder inside each seed's, out/<name>-seed<seed>/rl-<rl-name> (default: from "
+                        "--algo, --kl, --rl-steps); name one per --rl-args setting, so settings on the same "
+                        "pretrained model keep apart")
     p.add_argument("--forced-formats", action="store_true",
                    help="also evaluate the pretrained model with each format forced (every answer starts with the "
-                        "format's first words; sampled at T 0.7, n 4, on the first --forced-limit test problems, plus greedy): "
-                        "the accuracy the model has in each format, whatever it would pick (result.json forced_before)")
+                        "format's first words; greedy, and sampled at T 0.7 with n 4, on the first --forced-limit "
+                        "test problems): the accuracy the model has in each format, whatever it would pick "
+                        "(result.json forced_before)")
     p.add_argument("--forced-limit", type=int, default=100, help="problems of the test set in each forced-format eval")
     p.add_argument("--no-tqdm", action="store_true", help="no progress bars in the stages")
     args = p.parse_args(argv)
