@@ -188,11 +188,15 @@ def run_seed(args, seed):
         raise UserError(f"{rl_dir}/metrics.jsonl has no step-0 eval record: run rl.py with --eval-interval > 0")
     summaries = {("synthetic", "before"): evals[0], ("synthetic", "after"): evals[-1]}  # the log is in step order
     limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
+    trained = "pretrain" in times or "rl" in times
     for when, path in (("before", ckpt), ("after", os.path.join(rl_dir, "ckpt.pt"))):
         d = os.path.join(rl_dir, f"eval-synthetic-hard-{when}")
-        times[f"eval-hard-{when}"] = run([py, "evaluate.py", "--ckpt", path, "--benchmark", "synthetic-hard",
-                                          "--out", d, "--seed", str(seed)] + limit + common)
-        summaries[("synthetic-hard", when)] = load_json(os.path.join(d, "summary.json"))
+        summary = os.path.join(d, "summary.json")
+        # reused when nothing was trained in this invocation and it covers the same problems
+        if trained or not os.path.exists(summary) or load_json(summary).get("limit") != (args.eval_limit or None):
+            times[f"eval-hard-{when}"] = run([py, "evaluate.py", "--ckpt", path, "--benchmark", "synthetic-hard",
+                                              "--out", d, "--seed", str(seed)] + limit + common)
+        summaries[("synthetic-hard", when)] = load_json(summary)
 
     # 4. the result, and the checks the echo chamber predicts (reported, never tuned)
     b, a = summaries[("synthetic", "before")], summaries[("synthetic", "after")]

@@ -163,7 +163,8 @@ def head_advantage(adv, mask, groups, k=5):
 
 
 def head_record(adv, mask, samples):
-    """The train record's head-credit keys: correct against wrong rows, and by format."""
+    """The train record's head-credit keys: correct against wrong rows, and by format (under torchrun, rank 0's
+    rollouts: a diagnostic, not worth an all-gather of the advantages)."""
     by_ok = head_advantage(adv, mask, [s["reward"] > 0 for s in samples])
     return {"adv_head_correct": by_ok.get(True), "adv_head_wrong": by_ok.get(False),
             "adv_head_format": head_advantage(adv, mask, [s["format"] for s in samples])}

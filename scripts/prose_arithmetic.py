@@ -16,7 +16,7 @@ import sys
 from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import read_jsonl  # noqa: E402
+from common import UserError, main_guard, read_jsonl  # noqa: E402
 
 EQ = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/×x])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "×": lambda a, b: a * b,
@@ -48,6 +48,9 @@ def gold_value(gold):
 
 def analyse(path):
     rows = [g for g in read_jsonl(path) if g.get("format") == "omi2"]
+    bad = [i for i, g in enumerate(rows) if not {"response", "correct", "gold"} <= set(g)]
+    if bad:
+        raise UserError(f"{path}: {len(bad)} omi2 rows lack response/correct/gold (not an evaluate.py generations.jsonl?)")
     eqs = ok_eq = as_written = plan_right = 0
     for g in rows:
         pairs, last = redo(g["response"])
@@ -61,6 +64,7 @@ def analyse(path):
             "pass@1_as_written": as_written / n, "pass@1_arithmetic_redone": plan_right / n}
 
 
+@main_guard
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+", help="generations.jsonl files (evaluate.py --out)")

@@ -21,7 +21,9 @@ alone. The blocks and their files:
                                                    result.json copied to results/algorithms/<ARM>-seed<S>.json
   ei-rounds        results/algorithms/ei-seed*.json   (the EI arm's rounds: kept set and the next round's mix)
   scale            results/scale/*-seed*.json      python echo_chamber.py --name scale-... --forced-formats
-                                                   --pretrain-args "--n-layer ... --n-embd ..."; copied there
+                                                   --pretrain-args "--n-layer ... --n-embd ..."; copied there (the
+                                                   base size: results/algorithms/grpo-seed*.json with forced_before)
+                   results/scale/prose-arithmetic.json  python scripts/prose_arithmetic.py ... --json ...
 A block whose files are missing says so instead of a table.
 """
 import argparse
@@ -294,6 +296,7 @@ def algorithms(results):
                      f"{r['seconds'].get('rl', 0) / 60:.1f}"])
         by_arm.setdefault(arm, []).append(r)
         cmds.setdefault(arm, r["command"])
+    first_sampled = by_arm[arm_of(files[0])][0]["test_before"].get("sampled", {})
     lines = ["Each arm from the same pretrained models (one per seed; `python echo_chamber.py --seeds ...` pretrains "
              "them, every arm reuses them):", ""]
     lines += [f"- {arm}: `{cmd}`" for arm, cmd in sorted(cmds.items(), key=lambda kv: _arm_key(kv[0]))]
@@ -304,8 +307,7 @@ def algorithms(results):
               "the same mean for the rollouts of each format, tinygsm / omi1 / omi2; `step at 90%`: the "
               "first eval step with one format at 90% of greedy outputs. Sampled pass@1: at each arm's rollout setting "
               "(PPO, GRPO: T 0.7; EI: T 1.0, top-p 0.95), n = "
-              f"{load(files[0])['test_before'].get('sampled', {}).get('n', '-')} on the first "
-              f"{load(files[0])['test_before'].get('sampled', {}).get('num_problems', '-')} problems.", ""]
+              f"{first_sampled.get('n', '-')} on the first {first_sampled.get('num_problems', '-')} problems.", ""]
     for arm, res in sorted(by_arm.items(), key=lambda kv: _arm_key(kv[0])):
         m = lambda xs: echo_chamber.mean_se(xs)
         pa, pb = m([r["test_after"]["pass@1"] for r in res]), m([r["test_before"]["pass@1"] for r in res])
@@ -371,10 +373,12 @@ def _best_forced(fb):
 
 
 def scale(results):
+    # the other sizes' runs, and the base size's: the GRPO arm of the algorithm comparison run with --forced-formats
     files = glob.glob(os.path.join(results, "scale", "*-seed*.json"))
+    base = [r for r in map(load, glob.glob(os.path.join(results, "algorithms", "grpo-seed*.json"))) if r.get("forced_before")]
     if not files:
         return "(no results/scale/*.json yet: run the scale experiment, docs/LOG.md)"
-    res = sorted((load(f) for f in files), key=lambda r: (r["params"], r["seed"]))
+    res = sorted([load(f) for f in files] + base, key=lambda r: (r["params"], r["seed"]))
     rows, cmds = [], {}
     for r in res:
         fb = r.get("forced_before") or {}

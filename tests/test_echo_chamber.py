@@ -53,7 +53,7 @@ def test_main_job_runs_end_to_end(tmp_path):
     # a second run reuses the complete pretraining, forced evals and RL instead of running them again
     p2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p2.returncode == 0 and p2.stdout.count("(complete, reused)") == 2, p2.stdout[-2000:]
-    assert "$ rl.py" not in p2.stdout and "$ pretrain.py" not in p2.stdout and "--force-format" not in p2.stdout
+    assert "$ rl.py" not in p2.stdout and "$ pretrain.py" not in p2.stdout and "$ evaluate.py" not in p2.stdout
     assert json.load(open(os.path.join(out, "rl-grpo-s1", "result.json")))["test_after"] == res["test_after"]
     # --rl-name: another setting on the same pretrained model gets its own folder
     p3 = subprocess.run(cmd + ["--rl-name", "other"], cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -151,6 +151,12 @@ def test_algorithm_ei_and_scale_tables(tmp_path):
     text = readme_tables.scale(str(tmp_path))
     assert "| 5.77M | 1 | 21.0% +- 2.0 | 18.0% +- 2.0 | 30.0% +- 2.0 | omi2 | 30% / 40% / 30% | omi2 96% | " \
            "30.0% -> 60.0% |" in text
+    # the base size comes from the GRPO arm of the algorithm comparison when it ran with --forced-formats
+    assert "| 1.59M |" not in text  # grpo-seed2.json above has no forced_before
+    (tmp_path / "algorithms" / "grpo-seed5.json").write_text(json.dumps(
+        _algo_result(5, "omi1", (0.2, 0.5), 3840, forced=forced)))
+    text = readme_tables.scale(str(tmp_path))
+    assert text.index("| 1.59M | 5 | 21.0% +- 2.0 |") < text.index("| 5.77M | 1 |")
 
 
 def test_prose_arithmetic_redoes_each_equation_by_hand():
