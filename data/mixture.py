@@ -9,7 +9,7 @@ Spec: comma-separated `source:weight`. Sources:
     real:       tinygsm, omi1, omi2, finemath, algebraic-stack, metamathqa, gsm8k (hub files at a pinned revision)
     local:      tinygsm=path/to/folder:1 (a folder in the hub's layout, or one file: parquet, JSON lines or a JSON
                 array; plain, .gz or .zst)
-    synthetic:  syn-tinygsm, syn-omi1, syn-omi2, syn-finemath; one copy = `unit` generated documents
+    synthetic:  syn-tinygsm, syn-omi1, syn-omi2, syn-finemath, syn-arith (arithmetic drill); one copy = `unit` generated documents
 A weight k lists the source's units k times (k passes over it, as the authors' symlinks did); a fraction takes a
 deterministic subset: each unit's first documents in its hash order (a uniform sample), so 1.5 = one pass plus
 half of another. Before that, a validation slice of each source is held out: its documents with the lowest

@@ -53,7 +53,8 @@ VAL_FRACTION = 0.02             # documents whose hash is in the lowest 2% may b
 VAL_CUT = int(VAL_FRACTION * 2 ** 64)
 BATCH_DOCS, BATCH_CHARS = 1024, 4 << 20   # one encode_batch call; bounds a worker's memory
 WRITE_BUFFER = 16 << 20
-SYNTHETIC = {"syn-tinygsm": "tinygsm", "syn-omi1": "omi1", "syn-omi2": "omi2", "syn-finemath": "finemath"}
+SYNTHETIC = {"syn-tinygsm": "tinygsm", "syn-omi1": "omi1", "syn-omi2": "omi2", "syn-finemath": "finemath",
+             "syn-arith": "arith"}
 HOST = socket.gethostname()
 
 

@@ -5,6 +5,7 @@ pretraining formats exactly as the real datasets write them, plus answer-free ma
     problems("rl", 1000, seed=0)       -> [{"id", "question", "gold", "steps", "style", "parts"}, ...]
     render(problem, "omi1")            -> the solution text in that format
     documents("tinygsm", 5000, seed=0) -> ["question\n\nsolution", ...]   (the caller appends end-of-text)
+    documents("arith", 5000, seed=0)   -> arithmetic drill sheets: the prose's equations alone (see _drill)
 
 Design (see ../shared/TOY.md):
 - 1 or 2 arithmetic steps ("hard": 3, more than pretraining or RL ever see); every intermediate value
@@ -368,8 +369,11 @@ def documents(fmt, n, seed=0, steps=STEPS, hard_share=0.0):
     rng = random.Random(f"docs-{fmt}-{seed}")
     if fmt == "finemath":
         return [_lesson(rng) for _ in range(n)]
+    if fmt == "arith":
+        seen = set()
+        return [_drill(rng, seen) for _ in range(n)]
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; formats: {FORMATS + ('finemath',)}")
+        raise ValueError(f"unknown format {fmt!r}; formats: {FORMATS + ('finemath', 'arith')}")
     steps = tuple(steps)
     seen = set()
     out = []
@@ -541,6 +545,26 @@ def _multi_step(rng):
         "It helps to write each step on its own line and to check that every number is used once.",
         f"Practice: {p['question']}",
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Arithmetic drill (the scale experiment, docs/LOG.md "Issue 21"): the OMI-2 prose must compute every step itself,
+# and a toy model sees each of its ~4k distinct facts about twice in a pass over the prose, so it gets 2-3% of its
+# own equations right at 1.6M and at 5.8M parameters alike. A drill sheet is nothing but those equations, in the
+# prose's own `$a op b = c$` form and drawn from the same generator (the steps of pretraining-split problems), so
+# a mixture can give a model that many more looks at the facts; whether a larger model turns them into better prose
+# than a smaller one is what the experiment measures. No question, no answer, no format's opening words.
+DRILL_PROBLEMS = 12   # problems whose equations fill one sheet: about 18 equations, ~200 tokens at vocab 2049
+_EQUATION = re.compile(r"\$\d+ [-+*/] \d+ = \d+\$")
+
+
+def _drill(rng, seen):
+    eqs = []
+    for _ in range(DRILL_PROBLEMS):
+        p = _draw(rng, "pretrain", rng.randrange(3), seen)
+        eqs += [m for line in p["parts"]["prose"] for m in _EQUATION.findall(line)]
+    rng.shuffle(eqs)  # the facts alone: no problem's order of steps
+    return "## Practice\n\n" + "\n".join(eqs)
 
 
 def split_of(question):

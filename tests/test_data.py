@@ -123,6 +123,29 @@ def test_synthetic_renderings_are_faithful_and_correct():
         assert "\\boxed" not in d and "def" not in d and "<llm-code>" not in d and "return" not in d
 
 
+def test_synthetic_arithmetic_drill():
+    """syn-arith sheets: only correct equations in the prose's own `$a op b = c$` form, drawn from pretraining
+    problems' steps (so the operands follow the prose's), no question, answer or format opening; deterministic."""
+    docs = synthetic.documents("arith", 40, seed=0)
+    assert docs == synthetic.documents("arith", 40, seed=0) and docs != synthetic.documents("arith", 40, seed=1)
+    facts = []
+    for d in docs:
+        head, body = d.split("\n\n", 1)
+        assert head == "## Practice" and "?" not in d and "boxed" not in d and "def" not in d and "To find" not in d
+        for line in body.split("\n"):
+            a, op, b, c = re.fullmatch(r"\$(\d+) ([-+*/]) (\d+) = (\d+)\$", line).groups()
+            a, b, c = int(a), int(b), int(c)
+            assert {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op] == c and (op != "/" or a % b == 0)
+            facts.append(line)
+        # one sheet holds the equations of DRILL_PROBLEMS problems of 1-2 steps each
+        assert synthetic.DRILL_PROBLEMS <= len(body.split("\n")) <= 2 * synthetic.DRILL_PROBLEMS
+    # the same facts the prose writes: every prose equation of 300 pretraining problems has the drill's form
+    prose = [m for p in synthetic.problems("pretrain", 300, seed=0) for line in p["parts"]["prose"]
+             for m in re.findall(r"\$[^$]*=[^$]*\$", line)]
+    assert prose and all(re.fullmatch(r"\$\d+ [-+*/] \d+ = \d+\$", m) for m in prose)
+    assert set(op for f in facts for op in "+-*/" if f" {op} " in f) == set("+-*/")
+
+
 def test_synthetic_steps_and_disjoint_splits():
     split_q = {}
     for split in ("pretrain", "rl", "test", "hard"):
@@ -342,7 +365,7 @@ def _docs(stream, eot):
 
 
 def test_prepare_and_open_synthetic_mixture(tmp_path, capsys):
-    mix = "syn-tinygsm:1,syn-omi1:2,syn-omi2:0.5,syn-finemath:1"
+    mix = "syn-tinygsm:1,syn-omi1:2,syn-omi2:0.5,syn-finemath:1,syn-arith:0.5"
     d = prepare_mixture(mix, 4096, str(tmp_path), seed=0, unit=120)
     m = open_mixture(d)
     meta, train = m["meta"], m["train"]
@@ -360,8 +383,9 @@ def test_prepare_and_open_synthetic_mixture(tmp_path, capsys):
     assert len(docs) == meta["train"]["documents"] == sum(s["documents"] for s in src.values())
     texts = [tok.decode(x[:-1]) for x in docs]
     kinds = ["tinygsm" if "\n\ndef simple" in t else "omi1" if "<llm-code>" in t else
-             "omi2" if "\\boxed" in t else "finemath" for t in texts]
+             "omi2" if "\\boxed" in t else "arith" if t.startswith("## Practice") else "finemath" for t in texts]
     assert kinds.count("omi1") == 2 * n_train
+    assert kinds.count("arith") == src["syn-arith"]["documents"] == round(0.5 * (120 - src["syn-arith"]["val_documents"]))
     assert kinds.count("finemath") == 120 - src["syn-finemath"]["val_documents"]
     # the two passes over omi1 are the same documents; the train stream holds each source's generated documents
     omi1 = [t for t, k in zip(texts, kinds) if k == "omi1"]
