@@ -24,6 +24,8 @@ alone. The blocks and their files:
                                                    --pretrain-args "--n-layer ... --n-embd ..."; copied there (the
                                                    base size: results/algorithms/grpo-seed*.json with forced_before)
                    results/scale/prose-arithmetic.json  python scripts/prose_arithmetic.py ... --json ...
+  scale-drill      results/scale-drill/*-seed*.json  the same with --pretrain-args "--mix ...,syn-arith:1 ...", every
+                                                   size (d144-seed*.json, d256-seed*.json); its prose-arithmetic.json
 A block whose files are missing says so instead of a table.
 """
 import argparse
@@ -374,10 +376,20 @@ def _best_forced(fb):
 
 def scale(results):
     # the other sizes' runs, and the base size's: the GRPO arm of the algorithm comparison run with --forced-formats
-    files = glob.glob(os.path.join(results, "scale", "*-seed*.json"))
     base = [r for r in map(load, glob.glob(os.path.join(results, "algorithms", "grpo-seed*.json"))) if r.get("forced_before")]
+    return _scale(results, "scale", base, "Each size pretrained on the same mixture")
+
+
+def scale_drill(results):
+    # every size's runs in results/scale-drill/ (the drill mixture is not the default one, so no base arm is reused)
+    return _scale(results, "scale-drill", [], "Each size pretrained on the default mixture plus one copy of the "
+                                              "arithmetic drill (syn-arith:1)")
+
+
+def _scale(results, folder, base, intro):
+    files = glob.glob(os.path.join(results, folder, "*-seed*.json"))
     if not files:
-        return "(no results/scale/*.json yet: run the scale experiment, docs/LOG.md)"
+        return f"(no results/{folder}/*.json yet: run the scale experiment, docs/LOG.md)"
     res = sorted([load(f) for f in files] + base, key=lambda r: (r["params"], r["seed"]))
     rows, cmds = [], {}
     for r in res:
@@ -395,24 +407,24 @@ def scale(results):
     fb0 = next((r["forced_before"] for r in res if r.get("forced_before")), {})
     any_fmt = next(iter(fb0.values()), {})
     return "\n".join(
-        [f"Each size pretrained on the same mixture, then evaluated with each format forced (the answer starts "
+        [f"{intro}, then evaluated with each format forced (the answer starts "
          f"with the format's first words; sampled pass@1 +- SE over problems, T 0.7, n = {any_fmt.get('n', '-')} on "
          f"{any_fmt.get('num_problems', '-')} problems), then GRPO:", ""]
         + [f"- {k}: `{c}`" for k, c in cmds.items()]
         + ["", md(["params", "seed", "forced tinygsm", "forced omi1", "forced omi2", "best forced",
                    "before: tinygsm / omi1 / omi2 (greedy)", "after GRPO: winner", "greedy pass@1"], rows)]
-        + _prose_arithmetic(results))
+        + _prose_arithmetic(results, folder))
 
 
-def _prose_arithmetic(results):
-    path = os.path.join(results, "scale", "prose-arithmetic.json")
+def _prose_arithmetic(results, folder):
+    path = os.path.join(results, folder, "prose-arithmetic.json")
     if not os.path.exists(path):
         return []
     rows = [[r["file"].split("/pretrain/")[0].replace("out/", ""), r["outputs"], r["equations"],
              pct(r["equations_right"]), pct(r["pass@1_as_written"]), pct(r["pass@1_arithmetic_redone"])]
             for r in load(path)]
     return ["", "The forced prose outputs, their arithmetic checked (`python scripts/prose_arithmetic.py "
-                "out/RUN/pretrain/eval-forced-omi2/generations.jsonl ... --json results/scale/prose-arithmetic.json`: "
+                f"out/RUN/pretrain/eval-forced-omi2/generations.jsonl ... --json results/{folder}/prose-arithmetic.json`: "
                 "every `a op b = c` recomputed, corrected values carried into the equations that reuse them):", "",
             md(["run", "prose outputs", "equations", "computed right", "pass@1 as written",
                 "pass@1 with the arithmetic redone"], rows)]
@@ -420,7 +432,7 @@ def _prose_arithmetic(results):
 
 BLOCKS = {"bench-data": bench_data, "main-job-seeds": main_job_seeds, "main-job-steps": main_job_steps,
           "transfer": transfer, "frequent": frequent, "algorithms": algorithms, "ei-rounds": ei_rounds,
-          "scale": scale}
+          "scale": scale, "scale-drill": scale_drill}
 
 
 def render(text, results):

@@ -157,6 +157,18 @@ def test_algorithm_ei_and_scale_tables(tmp_path):
         _algo_result(5, "omi1", (0.2, 0.5), 3840, forced=forced)))
     text = readme_tables.scale(str(tmp_path))
     assert text.index("| 1.59M | 5 | 21.0% +- 2.0 |") < text.index("| 5.77M | 1 |")
+    # the drill arm: every size from its own folder (no base arm borrowed), with its own prose-arithmetic table
+    assert readme_tables.scale_drill(str(tmp_path)).startswith("(no results/scale-drill/*.json yet")
+    (tmp_path / "scale-drill").mkdir()
+    (tmp_path / "scale-drill" / "d256-seed1.json").write_text(json.dumps(
+        _algo_result(1, "omi2", (0.3, 0.6), 3840, forced=forced, params=5.77e6)))
+    (tmp_path / "scale-drill" / "prose-arithmetic.json").write_text(json.dumps([
+        {"file": "out/drill-d256-seed1/pretrain/eval-forced-omi2/generations.jsonl", "outputs": 400, "equations": 600,
+         "equations_right": 0.5, "pass@1_as_written": 0.3, "pass@1_arithmetic_redone": 0.45}]))
+    text = readme_tables.scale_drill(str(tmp_path))
+    assert "syn-arith:1" in text and "| 1.59M |" not in text and "| 5.77M | 1 | 21.0% +- 2.0 |" in text
+    assert "| drill-d256-seed1 | 400 | 600 | 50.0% | 30.0% | 45.0% |" in text
+    assert "results/scale-drill/prose-arithmetic.json" in text
 
 
 def test_prose_arithmetic_redoes_each_equation_by_hand():
