@@ -6,8 +6,9 @@ their arithmetic runs in the sandbox.
 
     python scripts/prose_arithmetic.py out/echo-seed1337/pretrain/eval-forced-omi2/generations.jsonl [...]
 
-Prints, per file: outputs, equations written, the share of equations computed right, pass@1 as written, and pass@1
-with the arithmetic redone ("plan right"); --json FILE also writes them.
+Prints, per file: outputs, the share whose first number (after the opening line) is one of the question's numbers
+(copying the givens, the first skill a toy model learns), equations written, the share of equations computed right,
+pass@1 as written, and pass@1 with the arithmetic redone ("plan right"); --json FILE also writes them.
 """
 import argparse
 import os
@@ -39,6 +40,13 @@ def redo(text):
     return out, last
 
 
+def first_number_copied(prompt, response):
+    """Is the first number after the response's opening line one of the question's numbers?"""
+    body = response.split("\n", 1)[1] if "\n" in response else ""
+    m = re.search(r"\d+", body)
+    return m is not None and m.group(0) in re.findall(r"\d+", prompt)
+
+
 def gold_value(gold):
     try:
         return Fraction(str(gold).replace(",", ""))
@@ -48,11 +56,13 @@ def gold_value(gold):
 
 def analyse(path):
     rows = [g for g in read_jsonl(path) if g.get("format") == "omi2"]
-    bad = [i for i, g in enumerate(rows) if not {"response", "correct", "gold"} <= set(g)]
+    bad = [i for i, g in enumerate(rows) if not {"prompt", "response", "correct", "gold"} <= set(g)]
     if bad:
-        raise UserError(f"{path}: {len(bad)} omi2 rows lack response/correct/gold (not an evaluate.py generations.jsonl?)")
-    eqs = ok_eq = as_written = plan_right = 0
+        raise UserError(f"{path}: {len(bad)} omi2 rows lack prompt/response/correct/gold (not an evaluate.py "
+                        f"generations.jsonl?)")
+    eqs = ok_eq = as_written = plan_right = copied = 0
     for g in rows:
+        copied += first_number_copied(g["prompt"], g["response"])
         pairs, last = redo(g["response"])
         eqs += len(pairs)
         ok_eq += sum(c == r for c, r in pairs)
@@ -60,7 +70,8 @@ def analyse(path):
         gold = gold_value(g["gold"])
         plan_right += last is not None and gold is not None and last == gold
     n = max(len(rows), 1)
-    return {"file": path, "outputs": len(rows), "equations": eqs, "equations_right": ok_eq / max(eqs, 1),
+    return {"file": path, "outputs": len(rows), "first_number_copied": copied / n, "equations": eqs,
+            "equations_right": ok_eq / max(eqs, 1),
             "pass@1_as_written": as_written / n, "pass@1_arithmetic_redone": plan_right / n}
 
 
@@ -72,7 +83,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     res = [analyse(f) for f in args.files]
     for r in res:
-        print(f"{r['file']}: {r['outputs']} omi2 outputs, {r['equations']} equations, "
+        print(f"{r['file']}: {r['outputs']} omi2 outputs, first number copied from the question "
+              f"{100 * r['first_number_copied']:.1f}%, {r['equations']} equations, "
               f"{100 * r['equations_right']:.1f}% computed right; pass@1 as written {100 * r['pass@1_as_written']:.1f}%, "
               f"with the arithmetic redone {100 * r['pass@1_arithmetic_redone']:.1f}%")
     if args.json:

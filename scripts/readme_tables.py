@@ -420,13 +420,15 @@ def _prose_arithmetic(results, folder):
     path = os.path.join(results, folder, "prose-arithmetic.json")
     if not os.path.exists(path):
         return []
-    rows = [[r["file"].split("/pretrain/")[0].replace("out/", ""), r["outputs"], r["equations"],
+    rows = [[r["file"].split("/pretrain/")[0].replace("out/", ""), r["outputs"],
+             pct(r["first_number_copied"]) if "first_number_copied" in r else "-", r["equations"],
              pct(r["equations_right"]), pct(r["pass@1_as_written"]), pct(r["pass@1_arithmetic_redone"])]
             for r in load(path)]
     return ["", "The forced prose outputs, their arithmetic checked (`python scripts/prose_arithmetic.py "
                 f"out/RUN/pretrain/eval-forced-omi2/generations.jsonl ... --json results/{folder}/prose-arithmetic.json`: "
-                "every `a op b = c` recomputed, corrected values carried into the equations that reuse them):", "",
-            md(["run", "prose outputs", "equations", "computed right", "pass@1 as written",
+                "every `a op b = c` recomputed, corrected values carried into the equations that reuse them; \"first number "
+                "copied\": the first number after the opening line is one of the question's):", "",
+            md(["run", "prose outputs", "first number copied", "equations", "computed right", "pass@1 as written",
                 "pass@1 with the arithmetic redone"], rows)]
 
 

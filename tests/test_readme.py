@@ -163,11 +163,12 @@ def test_algorithm_ei_and_scale_tables(tmp_path):
     (tmp_path / "scale-drill" / "d256-seed1.json").write_text(json.dumps(
         _algo_result(1, "omi2", (0.3, 0.6), 3840, forced=forced, params=5.77e6)))
     (tmp_path / "scale-drill" / "prose-arithmetic.json").write_text(json.dumps([
-        {"file": "out/drill-d256-seed1/pretrain/eval-forced-omi2/generations.jsonl", "outputs": 400, "equations": 600,
+        {"file": "out/drill-d256-seed1/pretrain/eval-forced-omi2/generations.jsonl", "outputs": 400,
+         "first_number_copied": 0.9, "equations": 600,
          "equations_right": 0.5, "pass@1_as_written": 0.3, "pass@1_arithmetic_redone": 0.45}]))
     text = readme_tables.scale_drill(str(tmp_path))
     assert "syn-arith:1" in text and "| 1.59M |" not in text and "| 5.77M | 1 | 21.0% +- 2.0 |" in text
-    assert "| drill-d256-seed1 | 400 | 600 | 50.0% | 30.0% | 45.0% |" in text
+    assert "| drill-d256-seed1 | 400 | 90.0% | 600 | 50.0% | 30.0% | 45.0% |" in text
     assert "results/scale-drill/prose-arithmetic.json" in text
 
 
@@ -181,3 +182,8 @@ def test_prose_arithmetic_redoes_each_equation_by_hand():
     assert pairs == [(F(3), F(4)), (F(15), F(15))] and last == F(16)
     assert prose_arithmetic.redo("no equations here") == ([], None)
     assert prose_arithmetic.redo("$7 / 0 = 1$") == ([], None)  # division by zero is skipped, not a crash
+    # the first number after the opening line: 12 is the question's, 81 is not, none at all is not copied
+    q = "Hugo has 12 balloons. Ines has a third as many. How many?\n\n"
+    assert prose_arithmetic.first_number_copied(q, "To find how many, we go step by step.\nHugo has 12 balloons.")
+    assert not prose_arithmetic.first_number_copied(q, "To find 12 of them, we go.\nHugo has 81 balloons; 12 / 3 = 4")
+    assert not prose_arithmetic.first_number_copied(q, "To find how many balloons Hugo has.")
