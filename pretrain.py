@@ -44,7 +44,9 @@ def get_args(argv=None):
                    help="model size and optimisation defaults; every flag below overrides them")
     p.add_argument("--mix", default=DEFAULT_MIX,
                    help="mixture spec 'source:copies,...' (a fraction subsamples); syn-* are the embedded "
-                        "synthetic sources, 'name=path.jsonl:1' reads a local file in the hub's columns")
+                        "synthetic sources (syn-tinygsm, syn-omi1, syn-omi2, syn-finemath, and syn-arith, an "
+                        "arithmetic drill of the prose's equations), 'name=path.jsonl:1' reads a local file in the "
+                        "hub's columns")
     p.add_argument("--out-dir", default=None, help="where ckpt.pt, metrics.jsonl and config.json go "
                                                    "(default out/pretrain-<preset>)")
     p.add_argument("--data-dir", default=DEFAULT_CACHE, help="where tokenized sources and mixture manifests are "

@@ -421,7 +421,7 @@ def _prose_arithmetic(results, folder):
     if not os.path.exists(path):
         return []
     rows = [[r["file"].split("/pretrain/")[0].replace("out/", ""), r["outputs"],
-             pct(r["first_number_copied"]) if "first_number_copied" in r else "-", r["equations"],
+             pct(r["first_number_copied"]), r["equations"],
              pct(r["equations_right"]), pct(r["pass@1_as_written"]), pct(r["pass@1_arithmetic_redone"])]
             for r in load(path)]
     return ["", "The forced prose outputs, their arithmetic checked (`python scripts/prose_arithmetic.py "

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import readme_tables  # noqa: E402
@@ -187,3 +189,30 @@ def test_prose_arithmetic_redoes_each_equation_by_hand():
     assert prose_arithmetic.first_number_copied(q, "To find how many, we go step by step.\nHugo has 12 balloons.")
     assert not prose_arithmetic.first_number_copied(q, "To find 12 of them, we go.\nHugo has 81 balloons; 12 / 3 = 4")
     assert not prose_arithmetic.first_number_copied(q, "To find how many balloons Hugo has.")
+
+
+
+def test_prose_arithmetic_file_summary_and_bad_rows(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import prose_arithmetic
+    from common import UserError
+    q = "Hugo has 12 balloons. Ines has a third as many. How many do they have together?\n\n"
+    rows = [  # copies 12, both equations right, correct
+        {"format": "omi2", "prompt": q, "gold": "16", "correct": True,
+         "response": "To find it, we go.\nHugo has 12.\nSo $12 / 3 = 4$.\nTogether $12 + 4 = 16$. \\boxed{16}"},
+        # copies 81 (not the question's), 1 of 2 right, wrong as written; redone: 81 / 3 = 27, 81 + 27 = 108 != 16
+        {"format": "omi2", "prompt": q, "gold": "16", "correct": False,
+         "response": "To find it, we go.\nHugo has 81.\nSo $81 / 3 = 27$.\nTogether $81 + 27 = 100$. \\boxed{100}"},
+        # right plan, wrong arithmetic: redone 12 / 3 = 4, then 12 + 4 = 16 = gold
+        {"format": "omi2", "prompt": q, "gold": "16", "correct": False,
+         "response": "To find it, we go.\nHugo has 12.\nSo $12 / 3 = 3$.\nTogether $12 + 3 = 48$. \\boxed{48}"},
+        {"format": "omi1", "prompt": q, "gold": "16", "correct": True, "response": "code, not counted"}]
+    f = tmp_path / "generations.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = prose_arithmetic.analyse(str(f))
+    assert r["outputs"] == 3 and r["equations"] == 6
+    assert r["first_number_copied"] == pytest.approx(2 / 3) and r["equations_right"] == pytest.approx(3 / 6)
+    assert r["pass@1_as_written"] == pytest.approx(1 / 3) and r["pass@1_arithmetic_redone"] == pytest.approx(2 / 3)
+    f.write_text(json.dumps({"format": "omi2", "response": "x"}) + "\n")
+    with pytest.raises(UserError, match="lack prompt/response/correct/gold"):
+        prose_arithmetic.analyse(str(f))
